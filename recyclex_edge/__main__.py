@@ -1,0 +1,3 @@
+from recyclex_edge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The waste classifier: a pool of TFLite interpreters behind one thread-safe `classify()`.
+
+Interpreters are created once at start-up (never per frame) and lent out through a bounded queue, so
+`pool_size` classifications run at once and any more wait their turn instead of piling up.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recyclex_edge.errors import ModelError
+from recyclex_edge.interpreter import interpreter_class
+from recyclex_edge.model_card import SHIPPED_MODEL, ModelCard, load_card
+from recyclex_edge.preprocess import Preprocessor
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What the model said about one frame."""
+
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: str
+    preprocess_ms: float
+    inference_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.label,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "model": {"name": self.model_name, "version": self.model_version},
+            "timing": {"preprocess_ms": self.preprocess_ms, "inference_ms": self.inference_ms},
+        }
+
+
+@dataclass
+class _Runner:
+    """One interpreter with its tensor indices and output dequantisation resolved once."""
+
+    interpreter: Any
+    input_index: int
+    output_index: int
+    output_scale: float
+    output_zero_point: int
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input_index, tensor)
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self.output_index)[0]
+        if self.output_scale:
+            return (raw.astype(np.float32) - self.output_zero_point) * self.output_scale
+        return raw.astype(np.float32)
+
+
+def _load_runner(interpreter_type: type[Any], model_path: Path, num_threads: int) -> _Runner:
+    try:
+        interpreter = interpreter_type(model_path=str(model_path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"model file {model_path} cannot be loaded by the TFLite runtime: {exc}") from None
+    (input_detail,) = interpreter.get_input_details()
+    (output_detail,) = interpreter.get_output_details()
+    scale, zero_point = output_detail["quantization"]
+    return _Runner(interpreter, input_detail["index"], output_detail["index"], float(scale), int(zero_point))
+
+
+class Classifier:
+    """Classifies BGR frames with the model its card describes.
+
+    >>> classifier = Classifier(num_threads=1, pool_size=2)
+    >>> result = classifier.classify(cv2.imread("bottle.jpg"))
+    >>> result.label, result.confidence
+    ('plastic', 0.97)
+    """
+
+    def __init__(self, model_path: Path | None = None, *, num_threads: int = 1, pool_size: int = 1) -> None:
+        self.model_path = Path(model_path) if model_path is not None else SHIPPED_MODEL
+        self.card: ModelCard = load_card(self.model_path)
+        interpreter_type, self.backend = interpreter_class()
+        self.num_threads = num_threads
+        runners = [_load_runner(interpreter_type, self.model_path, num_threads) for _ in range(pool_size)]
+        self._check_against_card(runners[0])
+        input_detail = runners[0].interpreter.get_input_details()[0]
+        scale, zero_point = input_detail["quantization"]
+        self.preprocess = Preprocessor(self.card.input, input_detail["dtype"], float(scale), int(zero_point))
+        self._idle: queue.Queue[_Runner] = queue.Queue()
+        for runner in runners:
+            self._idle.put(runner)
+        self.pool_size = pool_size
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.card.labels
+
+    def _check_against_card(self, runner: _Runner) -> None:
+        interpreter = runner.interpreter
+        input_detail = interpreter.get_input_details()[0]
+        output_detail = interpreter.get_output_details()[0]
+        expected_shape = [1, self.card.input.height, self.card.input.width, 3]
+        if list(input_detail["shape"]) != expected_shape:
+            raise ModelError(
+                f"model input shape {list(input_detail['shape'])} does not match its card {expected_shape}"
+            )
+        if np.dtype(input_detail["dtype"]).name != self.card.input.dtype:
+            raise ModelError(
+                f"model input type {np.dtype(input_detail['dtype']).name} does not match its card "
+                f"({self.card.input.dtype})"
+            )
+        outputs = int(np.prod(output_detail["shape"]))
+        if outputs != len(self.card.labels):
+            raise ModelError(
+                f"model has {outputs} outputs but its card lists {len(self.card.labels)} labels; "
+                "the card belongs to another model"
+            )
+
+    @contextmanager
+    def _runner(self) -> Iterator[_Runner]:
+        runner = self._idle.get()
+        try:
+            yield runner
+        finally:
+            self._idle.put(runner)
+
+    def _probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        if self.card.output.kind == "logits":
+            scaled = outputs / self.card.output.temperature
+            exps = np.exp(scaled - scaled.max())
+            return np.asarray(exps / exps.sum())
+        total = float(outputs.sum())
+        return outputs / total if total > 0 else np.full_like(outputs, 1.0 / len(outputs))
+
+    def _classify_with(self, runner: _Runner, frame: np.ndarray) -> Classification:
+        started = time.perf_counter()
+        tensor = self.preprocess(frame)
+        prepared = time.perf_counter()
+        outputs = runner.run(tensor)
+        finished = time.perf_counter()
+        probabilities = self._probabilities(outputs)
+        best = int(np.argmax(probabilities))
+        return Classification(
+            label=self.card.labels[best],
+            confidence=float(probabilities[best]),
+            probabilities={label: float(p) for label, p in zip(self.card.labels, probabilities, strict=True)},
+            model_name=self.card.name,
+            model_version=self.card.version,
+            preprocess_ms=(prepared - started) * 1000.0,
+            inference_ms=(finished - prepared) * 1000.0,
+        )
+
+    def classify(self, frame_bgr: np.ndarray) -> Classification:
+        """Classify one BGR uint8 frame of any size. Thread-safe; blocks while every interpreter is busy."""
+        with self._runner() as runner:
+            return self._classify_with(runner, frame_bgr)
+
+    def classify_batch(self, frames: Sequence[np.ndarray]) -> list[Classification]:
+        """Classify several frames (a burst) on one interpreter, in order."""
+        with self._runner() as runner:
+            return [self._classify_with(runner, frame) for frame in frames]
+
+    def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:
+        """Run the model on an already prepared input tensor (benchmarks measure the bare model with it)."""
+        with self._runner() as runner:
+            return runner.run(tensor)

@@ -1,0 +1,100 @@
+"""Preprocessing follows the card exactly, for every tensor type, through one implementation."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from recyclex_edge.errors import ImageDecodeError
+from recyclex_edge.model_card import CardInput
+from recyclex_edge.preprocess import Preprocessor
+from tests.conftest import val_photos
+
+
+def spec(**changes: object) -> CardInput:
+    values: dict[str, object] = {
+        "width": 224,
+        "height": 224,
+        "color_order": "RGB",
+        "resize": "squash",
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "dtype": "uint8",
+    }
+    values.update(changes)
+    return CardInput.model_validate(values)
+
+
+@pytest.fixture(scope="module")
+def frame() -> np.ndarray:
+    image = cv2.imread(str(val_photos("metal")[0]))
+    assert image is not None
+    return cv2.resize(image, (640, 480))  # a camera-sized frame
+
+
+def reference(frame: np.ndarray, card: CardInput) -> np.ndarray:
+    """The card's recipe written out the slow, obvious way: swap channels, then resize, then normalise."""
+    rgb = frame[:, :, ::-1] if card.color_order == "RGB" else frame
+    resized = cv2.resize(np.ascontiguousarray(rgb), (card.width, card.height), interpolation=cv2.INTER_AREA)
+    return (resized.astype(np.float64) - np.asarray(card.mean)) / np.asarray(card.std)
+
+
+def test_identity_quantisation_feeds_raw_rgb_pixels(frame: np.ndarray) -> None:
+    card = spec()
+    tensor = Preprocessor(card, np.uint8, scale=1.0, zero_point=0)(frame)
+    assert tensor.shape == (1, 224, 224, 3) and tensor.dtype == np.uint8
+    np.testing.assert_array_equal(tensor[0], reference(frame, card).astype(np.uint8))
+
+
+def test_uint8_with_normalisation_and_quantisation(frame: np.ndarray) -> None:
+    card = spec(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
+    scale, zero_point = 0.0078125, 128
+    tensor = Preprocessor(card, np.uint8, scale, zero_point)(frame)
+    expected = np.clip(np.rint(reference(frame, card) / scale + zero_point), 0, 255)
+    assert np.abs(tensor[0].astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_int8_input(frame: np.ndarray) -> None:
+    card = spec(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4), dtype="int8")
+    scale, zero_point = 0.0187, -14
+    tensor = Preprocessor(card, np.int8, scale, zero_point)(frame)
+    assert tensor.dtype == np.int8
+    expected = np.clip(np.rint(reference(frame, card) / scale + zero_point), -128, 127)
+    assert np.abs(tensor[0].astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_float_input(frame: np.ndarray) -> None:
+    card = spec(mean=(127.5,) * 3, std=(127.5,) * 3, dtype="float32")
+    tensor = Preprocessor(card, np.float32, 0.0, 0)(frame)
+    assert tensor.dtype == np.float32
+    np.testing.assert_allclose(tensor[0], reference(frame, card), atol=1e-5)
+
+
+def test_bgr_models_keep_opencv_order(frame: np.ndarray) -> None:
+    card = spec(color_order="BGR")
+    tensor = Preprocessor(card, np.uint8, 1.0, 0)(frame)
+    np.testing.assert_array_equal(tensor[0], reference(frame, card).astype(np.uint8))
+
+
+def test_center_crop_takes_the_middle_square(frame: np.ndarray) -> None:
+    card = spec(resize="center_crop")
+    tensor = Preprocessor(card, np.uint8, 1.0, 0)(frame)
+    middle = frame[:, 80:560]  # 640x480 -> the centred 480x480
+    np.testing.assert_array_equal(tensor[0], reference(middle, card).astype(np.uint8))
+
+
+def test_grey_and_bgra_frames_are_accepted(frame: np.ndarray) -> None:
+    preprocess = Preprocessor(spec(), np.uint8, 1.0, 0)
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    assert preprocess(grey).shape == (1, 224, 224, 3)
+    bgra = cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA)
+    np.testing.assert_array_equal(preprocess(bgra), preprocess(frame))
+
+
+def test_wrong_frames_are_refused_clearly(frame: np.ndarray) -> None:
+    preprocess = Preprocessor(spec(), np.uint8, 1.0, 0)
+    with pytest.raises(ImageDecodeError, match="uint8"):
+        preprocess(frame.astype(np.float32))
+    with pytest.raises(ImageDecodeError, match="shape"):
+        preprocess(np.zeros((10, 10, 2), np.uint8))
