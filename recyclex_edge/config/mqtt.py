@@ -19,7 +19,8 @@ class MqttTlsConfig(Section):
         None, description="PEM client certificate, for brokers that authenticate clients by certificate."
     )
     key_file: Path | None = Field(
-        None, description="PEM private key of cert_file; use a systemd credential path, not a world-readable file."
+        None,
+        description="PEM private key of cert_file; use a systemd credential path, not a world-readable file.",
     )
 
     @model_validator(mode="after")
@@ -59,14 +60,19 @@ class MqttConfig(Section):
     enabled: bool = Field(True, description="Publish events, state and health over MQTT.")
     host: str = Field("localhost", min_length=1, description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
-    protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version.")
+    protocol: Literal["3.1.1", "5"] = Field(
+        "5",
+        description="MQTT protocol version; with 3.1.1 an event the broker's ACL refuses is lost unnoticed.",
+    )
     topic_prefix: str = Field(
         "",
         pattern=r"^$|^[^#+/][^#+]*[^#+/]$|^[^#+/]$",
-        description="Prefix of every topic, no wildcards, no leading or trailing '/'. Empty: 'recyclex/<device.id>'.",
+        description="Topic prefix: no wildcards, no leading or trailing '/'. Empty: 'recyclex/<device.id>'.",
     )
     client_id: str = Field(
-        "", max_length=64, description="MQTT client id. Empty: 'recyclex-<device.id>'. Must be unique per broker."
+        "",
+        max_length=64,
+        description="MQTT client id. Empty: 'recyclex-<device.id>'. Must be unique per broker.",
     )
     username: str | None = Field(None, description="Broker user name.")
     password: SecretStr | None = Field(
@@ -74,19 +80,29 @@ class MqttConfig(Section):
     )
     tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig, description="TLS and client certificates.")
     keepalive_s: int = Field(
-        30, ge=5, le=3600, description="Keepalive; the broker declares the bin offline after 1.5x this silence."
+        30,
+        ge=5,
+        le=3600,
+        description="Keepalive; the broker declares the bin offline after 1.5x this silence.",
     )
     reconnect: MqttReconnectConfig = Field(
         default_factory=MqttReconnectConfig, description="Reconnect backoff after a lost connection."
     )
     qos: Literal[1, 2] = Field(
-        1, description="QoS of events. At least 1: an event leaves the outbox only when the broker acknowledged it."
+        1,
+        description="Event QoS, 1 or 2: an event leaves the outbox only once the broker acknowledged it.",
     )
     max_inflight: int = Field(
-        20, ge=1, le=1000, description="Events sent but not yet acknowledged, at most (bounds memory)."
+        20,
+        ge=1,
+        le=1000,
+        description="Unacknowledged events at most; fewer if the broker's Receive Maximum is lower.",
     )
     stats_interval_s: float = Field(
-        60.0, ge=1.0, le=86400.0, description="Seconds between two stats messages (latest values, never queued)."
+        60.0,
+        ge=1.0,
+        le=86400.0,
+        description="Seconds between two stats messages (latest values, never queued).",
     )
     discovery: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery."

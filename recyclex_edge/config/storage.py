@@ -12,7 +12,10 @@ class OutboxConfig(Section):
     events are dropped, counted and reported in /health, MQTT state and stats."""
 
     max_rows: int = Field(
-        100_000, ge=100, le=10_000_000, description="Unsent events kept at most (about 10 days of a busy bin)."
+        100_000,
+        ge=100,
+        le=10_000_000,
+        description="Unsent events kept at most (about 10 days of a busy bin).",
     )
     max_bytes: int = Field(
         64 * 1024 * 1024,

@@ -1,0 +1,334 @@
+"""The durable event outbox: an SQLite queue (WAL) in the state directory, between the sorter and MQTT.
+
+An event counts as produced once `append()` returns: the row is committed with `synchronous=FULL`, so a
+kill -9 or a power cut after that cannot lose it. The MQTT publisher reads rows in order (`pending()`)
+and deletes them only when the broker has acknowledged them (`ack()`); a crash between the two means the
+row is sent again, which is why delivery is at-least-once and every event carries a unique id.
+
+Bounds: `max_rows` rows and `max_bytes` bytes of payload. When a new event would exceed either, the
+*oldest* rows are dropped to make room (the dashboard cares most about what the bin is doing now) and
+the loss is counted, persisted in the file, and reported in health component `outbox`; never silent.
+
+Failures never stop the bin from sorting:
+- a corrupt file is moved aside (`outbox.sqlite3.corrupt-<time>`) and a fresh one started;
+- when a write fails (disk full, I/O error) events are kept in a small in-memory queue, still in order,
+  and published from there if the broker is reachable; they are moved into the file at the next
+  successful write. Health reports `failing` while that lasts, because those events would not survive
+  a power cut.
+
+Example::
+
+    outbox = Outbox(state_dir / "outbox.sqlite3", max_rows=100_000, max_bytes=64 << 20, health=health)
+    outbox.append(event_id, json_bytes)          # durable once this returns
+    for row in outbox.pending(after_seq=0, limit=50):
+        ...publish row.payload, then later...
+    outbox.ack([row.seq])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from recyclex_edge.health import HealthRegistry, Status
+
+log = logging.getLogger("recyclex_edge.outbox")
+
+HEALTH_COMPONENT = "outbox"
+
+# While the file cannot be written, events wait in memory; this bounds that queue. At one deposit every
+# few seconds it covers well over an hour of a full disk, and costs well under a megabyte.
+MEMORY_FALLBACK_MAX_ROWS = 1000
+
+# Quarantined corrupt files kept for a technician to inspect; older ones are deleted.
+_KEEP_CORRUPT_FILES = 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    size_bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One queued event. `seq` orders rows and is what `ack()` takes."""
+
+    seq: int
+    event_id: str
+    payload: bytes
+
+
+class Outbox:
+    """A bounded, ordered, crash-safe queue of serialised events. Thread-safe."""
+
+    def __init__(
+        self, path: Path, *, max_rows: int, max_bytes: int, health: HealthRegistry | None = None
+    ) -> None:
+        if max_rows < 1 or max_bytes < 1:
+            raise ValueError("outbox bounds must be positive")
+        self.path = path
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._health = health
+        self._lock = threading.Lock()
+        self._memory: deque[OutboxRow] = deque()
+        self._rows = 0
+        self._bytes = 0
+        self._lost = 0
+        self._lost_persisted = 0
+        self._next_seq = 1
+        self._problem = ""  # why the file is not usable right now, "" when it is
+        self._notice = ""  # something a technician should know even though all is well now
+        self._db = self._open()
+        self._report()
+
+    # -- opening -------------------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection | None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._connect()
+        except OSError as error:
+            self._problem = f"cannot create {self.path.parent}: {error.strerror}; events kept in memory only"
+        except sqlite3.OperationalError as error:
+            # Locked, read-only, full, unopenable: the file itself may be fine, so never move it aside.
+            self._problem = f"cannot open {self.path}: {error}; events kept in memory only"
+        except sqlite3.DatabaseError as error:
+            moved_to = self._quarantine()
+            self._notice = (
+                f"outbox file was unreadable ({error}); moved to {moved_to.name}, "
+                "its unsent events are lost (count unknown)"
+            )
+            log.error("%s", self._notice)
+            try:
+                return self._connect()
+            except sqlite3.DatabaseError as again:
+                self._problem = f"cannot create a fresh {self.path}: {again}; events kept in memory only"
+        log.error("outbox %s", self._problem)
+        return None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on the storage before append() returns, so "produced" means durable.
+            db.execute("PRAGMA synchronous=FULL")
+            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {verdict}")
+            db.executescript(_SCHEMA)
+            rows, size, last = db.execute(
+                "SELECT count(*), coalesce(sum(size_bytes), 0), coalesce(max(seq), 0) FROM events"
+            ).fetchone()
+            lost = db.execute("SELECT value FROM meta WHERE name = 'lost'").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        self._rows, self._bytes, self._next_seq = rows, size, last + 1
+        self._lost = self._lost_persisted = lost[0] if lost else 0
+        if rows:
+            log.info("outbox %s holds %d unsent event(s) from before the restart", self.path, rows)
+        return db
+
+    def _quarantine(self) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.replace(Path(f"{target}{suffix}"))
+        old = sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*[0-9Z]"))
+        for stale in old[:-_KEEP_CORRUPT_FILES]:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{stale}{suffix}").unlink(missing_ok=True)
+        return target
+
+    # -- the queue -------------------------------------------------------------------------------------
+
+    def append(self, event_id: str, payload: bytes) -> None:
+        """Queue one event; durable when this returns, unless health says the file is failing."""
+        with self._lock:
+            row = OutboxRow(self._next_seq, event_id, payload)
+            self._next_seq += 1
+            if not self._write([*self._memory, row]):
+                self._memory.append(row)
+                self._rows += 1
+                self._bytes += len(payload)
+                while len(self._memory) > min(MEMORY_FALLBACK_MAX_ROWS, self.max_rows):
+                    dropped = self._memory.popleft()
+                    self._rows -= 1
+                    self._bytes -= len(dropped.payload)
+                    self._lost += 1
+        self._report()
+
+    def _write(self, rows: list[OutboxRow]) -> bool:
+        """Insert `rows` (older memory rows first), dropping the oldest to stay in bounds. One commit."""
+        if self._db is None:
+            return False
+        new_bytes = sum(len(row.payload) for row in rows)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            dropped_rows, dropped_bytes = self._make_room(len(rows), new_bytes)
+            self._db.executemany(
+                "INSERT INTO events (seq, event_id, payload, size_bytes) VALUES (?, ?, ?, ?)",
+                [(row.seq, row.event_id, row.payload, len(row.payload)) for row in rows],
+            )
+            lost = self._lost + dropped_rows
+            if lost != self._lost_persisted:
+                self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('lost', ?)", (lost,))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            self._rollback()
+            if not self._problem:
+                log.error("outbox write failed, keeping events in memory until it works again: %s", error)
+            self._problem = f"cannot write {self.path.name}: {error}; events kept in memory only"
+            return False
+        if self._problem:
+            log.info("outbox writes work again; %d event(s) moved from memory to disk", len(self._memory))
+        self._problem = ""
+        self._memory.clear()
+        if dropped_rows:
+            log.warning("outbox full: dropped the %d oldest unsent event(s)", dropped_rows)
+        self._lost = self._lost_persisted = lost
+        # The memory rows were already counted; only the new row and the dropped ones change the totals.
+        self._rows += 1 - dropped_rows
+        self._bytes += len(rows[-1].payload) - dropped_bytes
+        return True
+
+    def _make_room(self, new_rows: int, new_bytes: int) -> tuple[int, int]:
+        """Delete the oldest rows so that `new_rows`/`new_bytes` fit; inside the caller's transaction."""
+        assert self._db is not None
+        disk_rows = self._rows - len(self._memory)
+        disk_bytes = self._bytes - sum(len(row.payload) for row in self._memory)
+        excess_rows = disk_rows + new_rows - self.max_rows
+        excess_bytes = disk_bytes + new_bytes - self.max_bytes
+        if excess_rows <= 0 and excess_bytes <= 0:
+            return 0, 0
+        dropped_rows = dropped_bytes = 0
+        last_seq = 0
+        for seq, size in self._db.execute("SELECT seq, size_bytes FROM events ORDER BY seq"):
+            if dropped_rows >= excess_rows and dropped_bytes >= excess_bytes:
+                break
+            dropped_rows += 1
+            dropped_bytes += size
+            last_seq = seq
+        self._db.execute("DELETE FROM events WHERE seq <= ?", (last_seq,))
+        return dropped_rows, dropped_bytes
+
+    def _rollback(self) -> None:
+        assert self._db is not None
+        # sqlite3.Error here means no transaction was open: the failure was BEGIN itself.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+
+    def pending(self, after_seq: int, limit: int) -> list[OutboxRow]:
+        """Up to `limit` queued rows with seq > after_seq, oldest first."""
+        with self._lock:
+            rows: list[OutboxRow] = []
+            if self._db is not None:
+                try:
+                    rows = [
+                        OutboxRow(seq, event_id, bytes(payload))
+                        for seq, event_id, payload in self._db.execute(
+                            "SELECT seq, event_id, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                            (after_seq, limit),
+                        )
+                    ]
+                except sqlite3.Error as error:
+                    # Serving the memory rows now would send them ahead of the unread older ones.
+                    log.error("cannot read the outbox: %s", error)
+                    return []
+            rows += [row for row in self._memory if row.seq > after_seq][: limit - len(rows)]
+            return rows
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """Forget rows the broker has acknowledged (one commit for the whole batch)."""
+        wanted = set(seqs)
+        if not wanted:
+            return
+        with self._lock:
+            for row in [row for row in self._memory if row.seq in wanted]:
+                self._memory.remove(row)
+                self._rows -= 1
+                self._bytes -= len(row.payload)
+                wanted.discard(row.seq)
+            if not wanted or self._db is None:
+                return
+            removed_rows = removed_bytes = 0
+            try:
+                # No fsync for deletions: losing one to a power cut only means a duplicate, and the next
+                # append's FULL commit syncs the log up to and including it. Halves the SD card's writes.
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("BEGIN IMMEDIATE")
+                for seq in sorted(wanted):
+                    # A row dropped for space while in flight is simply not found.
+                    for (size,) in self._db.execute(
+                        "DELETE FROM events WHERE seq = ? RETURNING size_bytes", (seq,)
+                    ).fetchall():
+                        removed_rows += 1
+                        removed_bytes += size
+                self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                # The rows stay and are sent again later: a duplicate, never a loss.
+                self._rollback()
+                log.error("cannot delete acknowledged events from the outbox: %s", error)
+                return
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+            self._rows -= removed_rows
+            self._bytes -= removed_bytes
+
+    # -- reporting -----------------------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Events waiting for the broker's acknowledgement."""
+        return self._rows
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def lost(self) -> int:
+        """Events dropped because a bound was reached, since this outbox file was created."""
+        return self._lost
+
+    @property
+    def durable(self) -> bool:
+        """False while events are only in memory (the file cannot be written)."""
+        return not self._problem
+
+    def _report(self) -> None:
+        if self._health is None:
+            return
+        if self._problem:
+            status, detail = Status.FAILING, self._problem
+        elif self._lost or self._notice:
+            lost = (
+                f"{self._lost} event(s) dropped since the outbox was created because it was full "
+                f"({self.max_rows} rows / {self.max_bytes} bytes); oldest dropped first"
+            )
+            status = Status.DEGRADED
+            detail = "; ".join(part for part in (self._notice, lost if self._lost else "") if part)
+        else:
+            status, detail = Status.OK, "events are written to disk before they count as produced"
+        self._health.report(HEALTH_COMPONENT, status, detail, critical=False)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

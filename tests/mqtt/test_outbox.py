@@ -1,0 +1,125 @@
+"""The durable outbox on its own: order, acknowledgement, restarts, bounds, corruption, a full disk."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from recyclex_edge.health import HealthRegistry, Status
+from recyclex_edge.outbox import MEMORY_FALLBACK_MAX_ROWS, Outbox
+
+
+def fill(outbox: Outbox, count: int, start: int = 0, size_bytes: int = 100) -> list[str]:
+    ids = [f"e{index:05d}" for index in range(start, start + count)]
+    for event_id in ids:
+        outbox.append(event_id, event_id.encode().ljust(size_bytes, b"."))
+    return ids
+
+
+def queued_ids(outbox: Outbox) -> list[str]:
+    return [row.event_id for row in outbox.pending(0, 1_000_000)]
+
+
+def test_rows_come_out_in_order_and_leave_only_when_acknowledged(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_rows=1000, max_bytes=1 << 20)
+    ids = fill(outbox, 10)
+    first = outbox.pending(0, 4)
+    assert [row.event_id for row in first] == ids[:4]
+    assert [row.event_id for row in outbox.pending(first[-1].seq, 100)] == ids[4:]
+    outbox.ack([first[1].seq, first[0].seq])
+    assert queued_ids(outbox) == ids[2:]
+    assert outbox.depth == 8 and outbox.size_bytes == 800
+    outbox.ack([first[0].seq])  # acknowledged twice (a duplicate PUBACK): no effect
+    assert outbox.depth == 8
+
+
+def test_queued_rows_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path, max_rows=1000, max_bytes=1 << 20)
+    ids = fill(outbox, 5)
+    outbox.ack([outbox.pending(0, 1)[0].seq])
+    outbox.close()
+    reopened = Outbox(path, max_rows=1000, max_bytes=1 << 20)
+    assert queued_ids(reopened) == ids[1:]
+    assert reopened.depth == 4 and reopened.size_bytes == 400
+    more = fill(reopened, 2, start=100)
+    assert queued_ids(reopened) == ids[1:] + more, "new rows queue after the old ones"
+
+
+def test_row_bound_drops_the_oldest_and_counts_the_loss(tmp_path: Path) -> None:
+    health = HealthRegistry()
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path, max_rows=10, max_bytes=1 << 20, health=health)
+    assert health.snapshot()["outbox"].status == Status.OK
+    ids = fill(outbox, 13)
+    assert queued_ids(outbox) == ids[3:]
+    assert outbox.depth == 10 and outbox.lost == 3
+    report = health.snapshot()["outbox"]
+    assert report.status == Status.DEGRADED and "3 event(s) dropped" in report.detail
+    assert not report.critical
+    outbox.close()
+    assert Outbox(path, max_rows=10, max_bytes=1 << 20).lost == 3, "the loss count is persisted"
+
+
+def test_byte_bound_drops_the_oldest(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_rows=1000, max_bytes=1000)
+    ids = fill(outbox, 15, size_bytes=100)
+    assert outbox.size_bytes == 1000
+    assert queued_ids(outbox) == ids[5:]
+    assert outbox.lost == 5
+    outbox.append("big", b"x" * 450)  # one bigger event pushes out as many small ones as it needs
+    assert outbox.size_bytes <= 1000 and outbox.lost == 10
+    assert queued_ids(outbox) == [*ids[10:], "big"]
+
+
+def test_a_corrupt_file_is_moved_aside_and_a_fresh_outbox_works(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"this is not an SQLite database" * 100)
+    health = HealthRegistry()
+    outbox = Outbox(path, max_rows=1000, max_bytes=1 << 20, health=health)
+    report = health.snapshot()["outbox"]
+    assert report.status == Status.DEGRADED and "unreadable" in report.detail
+    quarantined = list(tmp_path.glob("outbox.sqlite3.corrupt-*"))
+    assert len(quarantined) == 1 and quarantined[0].read_bytes().startswith(b"this is not")
+    ids = fill(outbox, 3)
+    assert queued_ids(outbox) == ids and outbox.durable
+
+
+def test_a_full_disk_keeps_events_in_memory_in_order_and_recovers(tmp_path: Path) -> None:
+    health = HealthRegistry()
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_rows=100_000, max_bytes=64 << 20, health=health)
+    on_disk = fill(outbox, 3)
+    # Fault injection: cap the database at its current size, so the next page it needs fails with
+    # SQLITE_FULL, exactly what a full SD card produces.
+    db = outbox._db
+    assert db is not None
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    db.execute(f"PRAGMA max_page_count={pages}")
+    in_memory = fill(outbox, 200, start=3, size_bytes=500)
+
+    assert not outbox.durable
+    report = health.snapshot()["outbox"]
+    assert report.status == Status.FAILING and "full" in report.detail
+    assert health.overall() == Status.DEGRADED, "the bin keeps sorting"
+    assert queued_ids(outbox) == on_disk + in_memory
+    assert outbox.depth == 203
+
+    # Acknowledge some while the disk is full, then free space: the rest move to disk, in order.
+    outbox.ack(row.seq for row in outbox.pending(0, 5))
+    db.execute("PRAGMA max_page_count=1073741823")
+    after = fill(outbox, 1, start=1000)
+    assert outbox.durable and health.snapshot()["outbox"].status == Status.OK
+    assert queued_ids(outbox) == (on_disk + in_memory)[5:] + after
+    (count,) = sqlite3.connect(outbox.path).execute("SELECT count(*) FROM events").fetchone()
+    assert count == 199, "the memory rows are on disk now"
+
+
+def test_the_memory_fallback_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+    health = HealthRegistry()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    outbox = Outbox(blocker / "outbox.sqlite3", max_rows=100_000, max_bytes=64 << 20, health=health)
+    assert health.snapshot()["outbox"].status == Status.FAILING
+    ids = fill(outbox, MEMORY_FALLBACK_MAX_ROWS + 10)
+    assert queued_ids(outbox) == ids[10:]
+    assert outbox.lost == 10 and outbox.depth == MEMORY_FALLBACK_MAX_ROWS
