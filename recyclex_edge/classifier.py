@@ -57,7 +57,7 @@ class _Runner:
     def run(self, tensor: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self.input_index, tensor)
         self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self.output_index)[0]
+        raw: np.ndarray = self.interpreter.get_tensor(self.output_index)[0]
         if self.output_scale:
             return (raw.astype(np.float32) - self.output_zero_point) * self.output_scale
         return raw.astype(np.float32)

@@ -77,7 +77,9 @@ def _image_paths(paths: Sequence[Path]) -> Iterator[Path]:
     """Named files as given (so a wrong one is reported); folders searched for images, sorted."""
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            yield from sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
         else:
             yield path
 

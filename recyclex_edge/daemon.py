@@ -1,26 +1,56 @@
-"""The Daemon: wires the stages together and owns the lifecycle (start, serve, stop in reverse order).
+"""The Daemon: wires the stages together and owns the lifecycle (start, ready, watchdog, stop).
+
+    camera -> deposit detector -> SortingPipeline (classifier, decision, sorter) -> event sinks
+                                                                 sinks: MQTT outbox, WebSocket hub, API
 
 Stages never reach into each other; they meet here. A stage that cannot start (a model that fails to
-load, say) is reported in the health registry and the daemon keeps serving `/health`, so a technician
-can see what is wrong instead of a unit in a restart loop.
+load, GPIO that cannot be opened, no camera) is reported in the health registry and the daemon keeps
+serving `/health`, so a technician sees what is wrong instead of a unit in a restart loop. Stop runs in
+reverse order of start: no new items, the sort in flight aborted with the flaps home, events flushed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import statistics
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import cv2
 from aiohttp import web
 
 from recyclex_edge import __version__
-from recyclex_edge.api import build_app
+from recyclex_edge.api import ACCESS_LOG, EVENTS, AccessLogger, build_app
+from recyclex_edge.camera import Camera, build_camera
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config
-from recyclex_edge.errors import ModelError
+from recyclex_edge.decision import ConfidencePolicy
+from recyclex_edge.detector import DepositDetector, build_detector
+from recyclex_edge.errors import ModelError, RecycleXError
+from recyclex_edge.gpio import GpioError, make_pin_factory
 from recyclex_edge.health import HealthRegistry, Status
+from recyclex_edge.mqtt import CommandHandler, MqttBridge
+from recyclex_edge.notify import Liveness, Notifier, watchdog_interval_s
+from recyclex_edge.outbox import Outbox
+from recyclex_edge.pipeline import EventSink, Mode, SortingPipeline
+from recyclex_edge.sorter import Sorter, SorterError
 
 log = logging.getLogger("recyclex_edge.daemon")
+
+CAMERA_LIVENESS = "camera"
+# A loop silent for this long is wedged. The pipeline beats at least every 0.5 s outside an item and an
+# item takes a few seconds; the camera thread never blocks in a driver call for more than a read slice.
+MAX_LOOP_SILENCE_S = 20.0
+# READY=1 waits for the first frame, but not forever: a bin without a working camera must still come up
+# and serve /health (systemd would otherwise kill it at TimeoutStartSec and restart it, in a loop).
+FIRST_FRAME_GRACE_S = 15.0
+SNAPSHOTS_KEPT = 20
 
 
 def load_classifier(config: Config, health: HealthRegistry) -> Classifier | None:
@@ -44,35 +74,320 @@ def load_classifier(config: Config, health: HealthRegistry) -> Classifier | None
 
 
 class Daemon:
-    """One bin: its classifier, its API, and whatever stages the config enables."""
+    """One bin: its camera, detector, classifier, sorter, MQTT bridge and API.
 
-    def __init__(self, config: Config) -> None:
+    `paced=False` replays photos as fast as they can be read (tests); a real camera ignores it.
+    """
+
+    def __init__(
+        self, config: Config, *, environ: Mapping[str, str] | None = None, paced: bool = True
+    ) -> None:
         self.config = config
+        self.paced = paced
         self.health = HealthRegistry()
+        self.liveness = Liveness(MAX_LOOP_SILENCE_S)
+        self.notifier = Notifier.from_environment(environ)
+        self.watchdog_interval_s = watchdog_interval_s(environ)
+        self.classifier: Classifier | None = None
+        self.pin_factory: Any = None
+        self.sorter: Sorter | None = None
+        self.camera: Camera | None = None
+        self.detector: DepositDetector | None = None
+        self.pipeline: SortingPipeline | None = None
+        self.outbox: Outbox | None = None
+        self.mqtt: MqttBridge | None = None
+        self.app: web.Application | None = None
+        self.started = asyncio.Event()
+        self.stopped = asyncio.Event()
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def serve(self) -> None:
-        classifier = load_classifier(self.config, self.health)
-        app = build_app(self.config, classifier, self.health)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
+    # -- start ----------------------------------------------------------------------------------------
+
+    def _open_gpio(self) -> Any:
         try:
+            return make_pin_factory(self.config.gpio.pin_factory)
+        except GpioError as error:
+            self.health.report("gpio", Status.FAILING, str(error))
+            log.error("%s", error)
+            return None
+
+    def _open_sorter(self, pin_factory: Any) -> Sorter | None:
+        try:
+            return Sorter(
+                self.config.sorter,
+                state_dir=Path(self.config.storage.state_dir),
+                health=self.health,
+                pin_factory=pin_factory,
+            )
+        except SorterError as error:
+            log.error("%s", error)  # already reported as failing by the sorter
+            return None
+
+    def _open_detector(self, camera: Camera, pin_factory: Any) -> DepositDetector | None:
+        try:
+            detector = build_detector(self.config.detector, camera, pin_factory)
+        except GpioError as error:
+            self.health.report("detector", Status.FAILING, str(error))
+            log.error("deposit detector unavailable: %s", error)
+            return None
+        if detector is None:
+            self.health.report(
+                "detector", Status.DEGRADED, "detector.kind is 'none': deposits are not noticed"
+            )
+            return None
+        detector.start()
+        self.health.report("detector", Status.OK, f"{self.config.detector.kind} detector watching")
+        return detector
+
+    def _start_mqtt(self) -> None:
+        config = self.config
+        if not config.mqtt.enabled:
+            return
+        self.outbox = Outbox(
+            Path(config.storage.state_dir) / "outbox.sqlite3",
+            max_rows=config.storage.outbox.max_rows,
+            max_bytes=config.storage.outbox.max_bytes,
+            health=self.health,
+        )
+        self.mqtt = MqttBridge(
+            config.mqtt,
+            config.device.id,
+            self.outbox,
+            self.health,
+            commands=self._commands(),
+            state_provider=self.state,
+            stats_provider=self.stats,
+            device_name=config.device.name,
+        )
+        self.mqtt.start()
+
+    def _start_pipeline(self, sinks: list[EventSink]) -> None:
+        if self.classifier is None or self.detector is None or self.camera is None:
+            return
+        decision = self.config.decision
+        threshold = decision.threshold or self.classifier.card.decision.threshold
+        policy = ConfidencePolicy(self.classifier.labels, threshold, decision.class_thresholds)
+        self.pipeline = SortingPipeline(
+            self.camera,
+            self.detector,
+            self.classifier,
+            policy,
+            self.sorter,
+            decision,
+            device_id=self.config.device.id,
+            sinks=sinks,
+            liveness=self.liveness,
+        )
+        self.pipeline.start()
+
+    # -- what dashboards see (called from MQTT threads: reads only) ------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Mode, counters and fill levels: the retained MQTT state and the technician page."""
+        sorter = self.sorter
+        return {
+            "mode": self.pipeline.mode.value if self.pipeline is not None else "idle",
+            "counters": dict(sorter.counts.categories) if sorter is not None else {},
+            "bins": dict(sorter.counts.bins) if sorter is not None else {},
+            "fill_levels": sorter.fill_levels() if sorter is not None else {},
+        }
+
+    def stats(self) -> dict[str, Any]:
+        camera = self.camera.stats() if self.camera is not None else None
+        recent_ms = self.pipeline.stats.inference_ms if self.pipeline is not None else []
+        return {
+            "frames": camera.frames if camera is not None else 0,
+            "camera_reconnects": camera.reconnects if camera is not None else 0,
+            "items": self.pipeline.stats.items if self.pipeline is not None else 0,
+            "inference_ms": round(statistics.fmean(recent_ms), 3) if recent_ms else None,
+        }
+
+    # -- commands (from MQTT; each raises RecycleXError to answer with an error) ------------------------
+
+    def _commands(self) -> dict[str, CommandHandler]:
+        return {
+            "mode": self._command_mode,
+            "test-actuator": self._command_test_actuator,
+            "reload-model": self._command_reload_model,
+            "reset-counters": self._command_reset_counters,
+            "snapshot": self._command_snapshot,
+        }
+
+    def _command_mode(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        if self.pipeline is None:
+            raise RecycleXError("the sorting pipeline is not running (see /health); the mode cannot change")
+        self.pipeline.set_mode(Mode(arguments["mode"]))
+        return {"mode": self.pipeline.mode.value}
+
+    def _command_test_actuator(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        if self.sorter is None:
+            raise RecycleXError("the sorter is not available (see /health)")
+        category = str(arguments["category"])
+        if category not in self.config.sorter.bins:
+            raise RecycleXError(f"no bin {category!r}; expected one of: {', '.join(self.config.sorter.bins)}")
+        result = self.sorter.sort(category, count=False)
+        return {
+            "category": result.category,
+            "bin": result.bin,
+            "outcome": result.outcome.value,
+            "reason": result.reason,
+        }
+
+    def _command_reload_model(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        classifier = Classifier(
+            self.config.model.path,
+            num_threads=self.config.model.num_threads,
+            pool_size=self.config.model.pool_size,
+        )
+        if self.pipeline is not None:
+            self.pipeline.use_classifier(classifier)
+        self.classifier = classifier
+        self.health.report(
+            "classifier", Status.OK, f"{classifier.card.name} {classifier.card.version} reloaded"
+        )
+        log.info("model reloaded: %s %s", classifier.card.name, classifier.card.version)
+        return {"model": {"name": classifier.card.name, "version": classifier.card.version}}
+
+    def _command_reset_counters(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        if self.sorter is None:
+            raise RecycleXError("the sorter is not available (see /health)")
+        self.sorter.counts.reset()
+        log.info("counters reset")
+        return {"counters": {}}
+
+    def _command_snapshot(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        frame = self.camera.latest() if self.camera is not None else None
+        if frame is None:
+            raise RecycleXError("no camera frame yet (see the camera component in /health)")
+        folder = Path(self.config.storage.state_dir) / "snapshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"snapshot-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.jpg"
+        if not cv2.imwrite(str(path), frame.image):
+            raise RecycleXError(f"could not write {path} (disk full?)")
+        for old in sorted(folder.glob("snapshot-*.jpg"))[:-SNAPSHOTS_KEPT]:
+            old.unlink(missing_ok=True)
+        height, width = frame.image.shape[:2]
+        return {"path": str(path), "width": width, "height": height}
+
+    # -- systemd --------------------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """A short human summary for systemctl status."""
+        overall = self.health.overall()
+        problems = [
+            f"{name} {component.status.value}"
+            for name, component in sorted(self.health.snapshot().items())
+            if component.status is not Status.OK
+        ]
+        items = self.pipeline.stats.items if self.pipeline is not None else 0
+        mode = self.pipeline.mode.value if self.pipeline is not None else "idle"
+        summary = f"{overall.value}; mode {mode}; {items} item(s) since start"
+        return summary + (f"; {', '.join(problems)}" if problems else "")
+
+    async def _announce_ready(self) -> None:
+        deadline_s = time.monotonic() + FIRST_FRAME_GRACE_S
+        while self.camera is not None and self.camera.latest() is None and time.monotonic() < deadline_s:
+            if self.config.camera.source == "none":
+                break
+            await asyncio.sleep(0.1)
+        self.notifier.send(READY=1, STATUS=self.status_line())
+        log.info("ready: %s", self.status_line())
+
+    def _camera_alive(self) -> bool:
+        return self.camera is not None and self.camera.responsive(MAX_LOOP_SILENCE_S)
+
+    async def _pet_watchdog(self, interval_s: float) -> None:
+        warned = False
+        while True:
+            if self._camera_alive():
+                self.liveness.beat(CAMERA_LIVENESS)
+            silent = self.liveness.silent()
+            if not silent:
+                self.notifier.send(WATCHDOG=1, STATUS=self.status_line())
+                warned = False
+            elif not warned:
+                # systemd restarts us after WatchdogSec of silence: that is the point.
+                log.error(
+                    "not petting the watchdog: %s made no progress for %.0f s",
+                    silent,
+                    self.liveness.max_silence_s,
+                )
+                warned = True
+            await asyncio.sleep(interval_s)
+
+    # -- run ------------------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        config = self.config
+        self.classifier = load_classifier(config, self.health)
+        pin_factory = self._open_gpio()
+        self.pin_factory = pin_factory
+        self.sorter = self._open_sorter(pin_factory)
+        self.camera = build_camera(config.camera, self.health, paced=self.paced)
+        self.camera.start()
+        self.liveness.register(CAMERA_LIVENESS)
+        self.detector = self._open_detector(self.camera, pin_factory)
+
+        self.app = build_app(config, self.classifier, self.health)
+        hub = self.app[EVENTS]
+        self._start_mqtt()
+        # The outbox first: an event counts as produced once it is durable.
+        sinks: list[EventSink] = [self.mqtt.submit_event] if self.mqtt is not None else []
+        self._start_pipeline(sinks=[*sinks, hub.publish])
+
+        runner = web.AppRunner(
+            self.app,
+            access_log_class=AccessLogger,
+            access_log=ACCESS_LOG,
+            keepalive_timeout=config.http.keepalive_timeout_s,
+            handle_signals=False,
+        )
+        await runner.setup()
+        watchdog: asyncio.Task[None] | None = None
+        try:
+            site = web.TCPSite(runner, config.http.host, config.http.port)
             await site.start()
             log.info(
                 "recyclex-edge %s serving http://%s:%d (device %s)",
                 __version__,
-                self.config.http.host,
-                self.config.http.port,
-                self.config.device.id,
+                config.http.host,
+                config.http.port,
+                config.device.id,
             )
+            self.started.set()
+            await self._announce_ready()
+            if self.watchdog_interval_s is not None:
+                watchdog = asyncio.create_task(self._pet_watchdog(self.watchdog_interval_s))
             await self._stop.wait()
-            log.info("stopping")
         finally:
+            self.notifier.send(STOPPING=1, STATUS="stopping: flaps home, flushing events")
+            log.info("stopping")
+            if watchdog is not None:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
+            await asyncio.to_thread(self._stop_stages)
             await runner.cleanup()
+            log.info("stopped")
+            self.stopped.set()
+
+    def _stop_stages(self) -> None:
+        """Reverse order of start. Blocking (joins threads, homes the servo): run off the event loop."""
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.detector is not None:
+            self.detector.close()
+        if self.camera is not None:
+            self.camera.close()
+        if self.sorter is not None:
+            self.sorter.close()
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if self.outbox is not None:
+            self.outbox.close()
 
 
 def run_daemon(config: Config) -> int:
@@ -88,6 +403,9 @@ def run_daemon(config: Config) -> int:
         except OSError as error:
             log.error("cannot serve on %s:%d: %s", config.http.host, config.http.port, error.strerror)
             return 1
+        except RecycleXError as error:
+            log.error("cannot start: %s", error)
+            return 2
         return 0
 
     return asyncio.run(main())

@@ -78,7 +78,9 @@ def test_threshold_coverage_and_missorts_are_what_the_card_claims(
     missorts = sum(t != p for t, p in accepted) / max(len(accepted), 1)
     assert decision.coverage is not None and decision.missort_rate is not None
     assert coverage >= decision.coverage - 0.01, f"coverage {coverage:.4f} vs card {decision.coverage}"
-    assert missorts <= decision.missort_rate + 0.01, f"mis-sorts {missorts:.4f} vs card {decision.missort_rate}"
+    assert missorts <= decision.missort_rate + 0.01, (
+        f"mis-sorts {missorts:.4f} vs card {decision.missort_rate}"
+    )
 
 
 def test_result_carries_everything_a_caller_needs(shipped_classifier: Classifier) -> None:
@@ -120,7 +122,7 @@ def test_missing_model_file(tmp_path: Path) -> None:
 def test_missing_card(tmp_path: Path) -> None:
     model = copy_model(tmp_path)
     card_path_for(model).unlink()
-    with pytest.raises(ModelError, match="card .* is missing"):
+    with pytest.raises(ModelError, match=r"card .* is missing"):
         Classifier(model)
 
 

@@ -19,7 +19,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def problems_of(path: Path | None, overrides: list[str] | None = None, environ: dict[str, str] | None = None) -> list[str]:
+def problems_of(
+    path: Path | None, overrides: list[str] | None = None, environ: dict[str, str] | None = None
+) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         load_config(path, overrides, environ or {})
     return [str(problem) for problem in caught.value.problems]

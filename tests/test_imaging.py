@@ -77,12 +77,12 @@ def test_jpeg_dimensions_beyond_the_limit_are_refused(jpeg_bytes: bytes) -> None
 @pytest.mark.parametrize("keep", [20, 400, 0.5, 0.99])
 def test_truncated_jpeg_is_refused(jpeg_bytes: bytes, keep: float) -> None:
     cut = int(keep) if keep >= 1 else int(len(jpeg_bytes) * keep)
-    with pytest.raises(ImageDecodeError, match="truncated|corrupt"):
+    with pytest.raises(ImageDecodeError, match=r"truncated|corrupt"):
         decode_image(jpeg_bytes[:cut])
 
 
 def test_truncated_png_is_refused(png_bytes: bytes) -> None:
-    with pytest.raises(ImageDecodeError, match="truncated|corrupt"):
+    with pytest.raises(ImageDecodeError, match=r"truncated|corrupt"):
         decode_image(png_bytes[: len(png_bytes) // 2])
 
 

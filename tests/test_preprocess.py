@@ -8,7 +8,7 @@ import pytest
 
 from recyclex_edge.errors import ImageDecodeError
 from recyclex_edge.model_card import CardInput
-from recyclex_edge.preprocess import Preprocessor
+from recyclex_edge.preprocess import Preprocessor, shrink
 from tests.conftest import val_photos
 
 
@@ -35,9 +35,25 @@ def frame() -> np.ndarray:
 
 def reference(frame: np.ndarray, card: CardInput) -> np.ndarray:
     """The card's recipe written out the slow, obvious way: swap channels, then resize, then normalise."""
-    rgb = frame[:, :, ::-1] if card.color_order == "RGB" else frame
-    resized = cv2.resize(np.ascontiguousarray(rgb), (card.width, card.height), interpolation=cv2.INTER_AREA)
+    rgb = np.ascontiguousarray(frame[:, :, ::-1] if card.color_order == "RGB" else frame)
+    resized = shrink(rgb, (card.width, card.height))
     return (resized.astype(np.float64) - np.asarray(card.mean)) / np.asarray(card.std)
+
+
+def test_photos_are_resized_exactly_as_in_training() -> None:
+    """A 512x384 TrashNet photo cannot be halved: it gets OpenCV's INTER_AREA itself."""
+    photo = cv2.imread(str(val_photos("glass")[0]))
+    np.testing.assert_array_equal(
+        shrink(photo, (224, 224)), cv2.resize(photo, (224, 224), interpolation=cv2.INTER_AREA)
+    )
+
+
+def test_camera_frames_are_shrunk_close_to_inter_area(frame: np.ndarray) -> None:
+    """640x480 -> 224x224: halved exactly, then bilinear; nearly the pixels INTER_AREA would give."""
+    fast = shrink(frame, (224, 224)).astype(int)
+    exact = cv2.resize(frame, (224, 224), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(fast - exact).mean() < 1.0
+    assert np.percentile(np.abs(fast - exact), 99) <= 8
 
 
 def test_identity_quantisation_feeds_raw_rgb_pixels(frame: np.ndarray) -> None:

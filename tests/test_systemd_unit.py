@@ -31,7 +31,10 @@ def unit_here(tmp_path: Path) -> Path:
 def test_unit_verifies_cleanly(unit_here: Path) -> None:
     completed = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit_here)],
-        capture_output=True, text=True, timeout=60, cwd=unit_here.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit_here.parent,
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stderr.strip() == "", completed.stderr
@@ -40,7 +43,10 @@ def test_unit_verifies_cleanly(unit_here: Path) -> None:
 def test_exposure_is_at_most_3(unit_here: Path) -> None:
     completed = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_here)],
-        capture_output=True, text=True, timeout=60, cwd=unit_here.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit_here.parent,
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", completed.stdout)
     assert match, completed.stdout[-2000:] + completed.stderr
@@ -49,11 +55,15 @@ def test_exposure_is_at_most_3(unit_here: Path) -> None:
 
 def test_unit_has_what_the_daemon_relies_on() -> None:
     settings = dict(
-        line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line and not line.startswith("#")
+        line.split("=", 1)
+        for line in UNIT.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
     )
     assert settings["Type"] == "notify"
     assert settings["Restart"] == "on-failure"
-    assert settings["WorkingDirectory"] == "/var/lib/recyclex-edge", "lgpio needs a writable working directory"
+    assert settings["WorkingDirectory"] == "/var/lib/recyclex-edge", (
+        "lgpio needs a writable working directory"
+    )
     assert settings["StateDirectory"] == "recyclex-edge"
     assert "WatchdogSec" in settings and "MemoryMax" in settings
     assert "gpio" in settings["SupplementaryGroups"] and "video" in settings["SupplementaryGroups"]

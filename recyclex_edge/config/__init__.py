@@ -15,6 +15,7 @@ from pydantic import Field
 from recyclex_edge.config.base import Section
 from recyclex_edge.config.camera import CameraConfig
 from recyclex_edge.config.decision import DecisionConfig
+from recyclex_edge.config.detector import DetectorConfig
 from recyclex_edge.config.device import DeviceConfig
 from recyclex_edge.config.gpio import GpioConfig
 from recyclex_edge.config.http import HttpConfig
@@ -22,6 +23,7 @@ from recyclex_edge.config.loader import load_mapping
 from recyclex_edge.config.logging import LoggingConfig
 from recyclex_edge.config.model import ModelConfig
 from recyclex_edge.config.mqtt import MqttConfig
+from recyclex_edge.config.sorter import SorterConfig
 from recyclex_edge.config.storage import StorageConfig
 
 
@@ -30,9 +32,11 @@ class Config(Section):
 
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     camera: CameraConfig = Field(default_factory=CameraConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     gpio: GpioConfig = Field(default_factory=GpioConfig)
+    sorter: SorterConfig = Field(default_factory=SorterConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -58,12 +62,14 @@ __all__ = [
     "CameraConfig",
     "Config",
     "DecisionConfig",
+    "DetectorConfig",
     "DeviceConfig",
     "GpioConfig",
     "HttpConfig",
     "LoggingConfig",
     "ModelConfig",
     "MqttConfig",
+    "SorterConfig",
     "StorageConfig",
     "load_config",
 ]

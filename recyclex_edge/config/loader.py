@@ -60,7 +60,11 @@ class _Document:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(
-                [ConfigProblem("", "the file must be a mapping of sections (device:, http:, ...)", data, source)]
+                [
+                    ConfigProblem(
+                        "", "the file must be a mapping of sections (device:, http:, ...)", data, source
+                    )
+                ]
             )
         self.data: dict[str, Any] = data
 
@@ -177,8 +181,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> list[ConfigPr
                 child = node[part] = {}
             if not isinstance(child, dict):
                 problems.append(
-                    ConfigProblem(_dotted(path[: depth + 1]), "is not a section, cannot set a key inside it",
-                                  child, "--set")
+                    ConfigProblem(
+                        _dotted(path[: depth + 1]),
+                        "is not a section, cannot set a key inside it",
+                        child,
+                        "--set",
+                    )
                 )
                 break
             node = child

@@ -26,9 +26,9 @@ setup_venv() {
         "$repo_root/.venv/bin/pip" install --quiet --upgrade pip || return 1
     fi
     # Reinstall only when the dependency list changed: a fresh clone always installs.
-    local stamp="$repo_root/.venv/.recyclex-installed"
+    local stamp="$repo_root/.venv/.recyclex-installed-${extra:-runtime}"
     local wanted
-    wanted="$(sha256sum "$repo_root/pyproject.toml" | cut -d' ' -f1) extra=${extra}"
+    wanted="$(sha256sum "$repo_root/pyproject.toml" | cut -d' ' -f1)"
     if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$wanted" ]]; then
         echo "--- installing recyclex-edge${extra:+[$extra]} into .venv"
         local target="$repo_root"

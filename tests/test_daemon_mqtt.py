@@ -1,0 +1,140 @@
+"""The whole bin talking to a real Mosquitto: sorted items become MQTT events, dashboards command it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from recyclex_edge.daemon import Daemon
+from tests.mqtt.support import Collector, Mosquitto, connect_collector
+from tests.test_daemon import (  # the same replayed-bin set-up as the pipeline tests
+    ANGLES,
+    bin_config,
+    duty,
+    next_events,
+    photo_folder,
+    run_daemon,  # noqa: F401  (a fixture)
+    servo_duties,
+)
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "event.schema.json").read_text())
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path / "broker")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def wait_for(collector: Collector, topic: str, count: int, timeout_s: float = 60) -> list[Any]:
+    async with asyncio.timeout(timeout_s):
+        while len(collector.on(topic)) < count:
+            await asyncio.sleep(0.05)
+    return [message.json() for message in collector.on(topic)]
+
+
+async def command(collector: Collector, prefix: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    result_topic = f"{prefix}/cmd/{name}/result"
+    before = len(collector.on(result_topic))
+    collector.publish(f"{prefix}/cmd/{name}", json.dumps(arguments))
+    results = await wait_for(collector, result_topic, before + 1, timeout_s=30)
+    answer: dict[str, Any] = results[-1]
+    return answer
+
+
+async def test_sorted_items_reach_the_dashboard_and_commands_reach_the_bin(
+    tmp_path: Path,
+    broker: Mosquitto,
+    run_daemon: Any,  # noqa: F811
+) -> None:
+    photos = photo_folder(tmp_path, ["glass", "paper", "metal"])
+    config = bin_config(
+        tmp_path,
+        photos,
+        "mqtt.enabled=true",
+        "mqtt.host=127.0.0.1",
+        f"mqtt.port={broker.port}",
+        "device.id=bin-mqtt",
+    )
+    prefix = "recyclex/bin-mqtt"
+    collector = connect_collector(broker, [f"{prefix}/#"], "dashboard", protocol="5")
+    try:
+        daemon: Daemon = await run_daemon(config)
+        local = await next_events(daemon, 2, timeout_s=90)
+        published = await wait_for(collector, f"{prefix}/events", 2)
+        for event in published:
+            jsonschema.validate(event, SCHEMA)
+        assert [e["id"] for e in published[:2]] == [e["id"] for e in local]
+        assert published[0]["action"].startswith("sorted:")
+
+        assert (await command(collector, prefix, "mode", {"mode": "maintenance"}))["ok"] is True
+        assert daemon.pipeline is not None and daemon.pipeline.mode.value == "maintenance"
+        states = await wait_for(collector, f"{prefix}/state", 1)
+        async with asyncio.timeout(10):
+            while states[-1]["mode"] != "maintenance":
+                await asyncio.sleep(0.05)
+                states = [m.json() for m in collector.on(f"{prefix}/state")]
+
+        counted_before = dict(daemon.sorter.counts.categories) if daemon.sorter else {}
+        answer = await command(collector, prefix, "test-actuator", {"category": "plastic"})
+        assert answer["ok"] is True, answer
+        assert duty(ANGLES["plastic"]) in servo_duties(daemon)
+        assert servo_duties(daemon)[-1] == 0.0
+        assert daemon.sorter is not None and dict(daemon.sorter.counts.categories) == counted_before
+
+        answer = await command(collector, prefix, "snapshot", {})
+        assert answer["ok"] is True and Path(answer["result"]["path"]).is_file(), answer
+
+        answer = await command(collector, prefix, "test-actuator", {"category": "ewaste"})
+        assert answer["ok"] is False and "no bin 'ewaste'" in answer["error"]
+
+        assert (await command(collector, prefix, "reset-counters", {}))["ok"] is True
+        assert dict(daemon.sorter.counts.categories) == {}
+    finally:
+        collector.close()
+
+
+async def test_broker_outage_degrades_the_bin_but_loses_no_event(
+    tmp_path: Path,
+    broker: Mosquitto,
+    run_daemon: Any,  # noqa: F811
+) -> None:
+    photos = photo_folder(tmp_path, ["cardboard", "glass", "metal", "paper"])
+    config = bin_config(
+        tmp_path,
+        photos,
+        "mqtt.enabled=true",
+        "mqtt.host=127.0.0.1",
+        f"mqtt.port={broker.port}",
+        "mqtt.reconnect.min_delay_s=1",
+        "mqtt.reconnect.max_delay_s=1",
+        "device.id=bin-outage",
+    )
+    daemon: Daemon = await run_daemon(config)
+    async with asyncio.timeout(30):
+        while (
+            daemon.health.snapshot().get("mqtt") is None
+            or daemon.health.snapshot()["mqtt"].status.value != "ok"
+        ):
+            await asyncio.sleep(0.05)
+    broker.stop()
+    local = await next_events(daemon, 2, timeout_s=90)  # the bin keeps sorting without its broker
+    assert daemon.health.snapshot()["mqtt"].status.value == "failing"
+    assert daemon.health.overall().value == "degraded"
+    assert daemon.outbox is not None and daemon.outbox.depth >= 2, "held in the outbox meanwhile"
+    broker.start()
+    # Subscribed at once: the bin's own reconnect waits its 2 s back-off, so nothing passes unseen.
+    collector = connect_collector(broker, ["recyclex/bin-outage/events"], "late-dashboard", protocol="5")
+    try:
+        published = await wait_for(collector, "recyclex/bin-outage/events", 2, timeout_s=60)
+        assert {e["id"] for e in local} <= {e["id"] for e in published}
+    finally:
+        collector.close()
