@@ -35,6 +35,7 @@ from recyclex_edge.detector import DepositDetector, build_detector
 from recyclex_edge.errors import ModelError, RecycleXError
 from recyclex_edge.gpio import GpioError, make_pin_factory
 from recyclex_edge.health import HealthRegistry, Status
+from recyclex_edge.housekeeping import check_disk, check_temperature
 from recyclex_edge.mqtt import CommandHandler, MqttBridge
 from recyclex_edge.notify import Liveness, Notifier, watchdog_interval_s
 from recyclex_edge.outbox import Outbox
@@ -51,6 +52,7 @@ MAX_LOOP_SILENCE_S = 20.0
 # and serve /health (systemd would otherwise kill it at TimeoutStartSec and restart it, in a loop).
 FIRST_FRAME_GRACE_S = 15.0
 SNAPSHOTS_KEPT = 20
+HOUSEKEEPING_INTERVAL_S = 30.0
 
 
 def load_classifier(config: Config, health: HealthRegistry) -> Classifier | None:
@@ -170,6 +172,10 @@ class Daemon:
         decision = self.config.decision
         threshold = decision.threshold or self.classifier.card.decision.threshold
         policy = ConfidencePolicy(self.classifier.labels, threshold, decision.class_thresholds)
+        if self.sorter is not None and (unrouted := self.sorter.unrouted(self.classifier.labels)):
+            log.warning(
+                "no bin for %s in sorter.bins: those items go to the residual bin", ", ".join(unrouted)
+            )
         self.pipeline = SortingPipeline(
             self.camera,
             self.detector,
@@ -299,6 +305,22 @@ class Daemon:
     def _camera_alive(self) -> bool:
         return self.camera is not None and self.camera.responsive(MAX_LOOP_SILENCE_S)
 
+    def _housekeeping(self) -> None:
+        state_dir = Path(self.config.storage.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        check_disk(state_dir, self.health)
+        check_temperature(self.health)
+        if self.sorter is not None:
+            self.sorter.refresh_health()  # a bin filling up while idle must show too
+
+    async def _keep_house(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._housekeeping)
+            except Exception:
+                log.exception("housekeeping failed; trying again in %.0f s", HOUSEKEEPING_INTERVAL_S)
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+
     async def _pet_watchdog(self, interval_s: float) -> None:
         warned = False
         while True:
@@ -347,6 +369,7 @@ class Daemon:
         )
         await runner.setup()
         watchdog: asyncio.Task[None] | None = None
+        housekeeping = asyncio.create_task(self._keep_house())
         try:
             site = web.TCPSite(runner, config.http.host, config.http.port)
             await site.start()
@@ -365,10 +388,11 @@ class Daemon:
         finally:
             self.notifier.send(STOPPING=1, STATUS="stopping: flaps home, flushing events")
             log.info("stopping")
-            if watchdog is not None:
-                watchdog.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watchdog
+            for task in (watchdog, housekeeping):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await asyncio.to_thread(self._stop_stages)
             await runner.cleanup()
             log.info("stopped")

@@ -88,7 +88,7 @@ class DepositDetector(ABC):
     def _emit(self, state: DepositState, event: DepositEvent) -> None:
         with self._state_lock:
             self._state = state
-        log.info("deposit %s (seq %s)", event.kind.value, event.sequence)
+        log.debug("deposit %s (seq %s)", event.kind.value, event.sequence)  # INFO is one line per item
         while True:
             try:
                 self._events.put_nowait(event)

@@ -114,7 +114,7 @@ async def main() -> None:
         "sorter.move_s=0",
         "sorter.hold_s=0",
         "sorter.return_s=0",
-        "camera.replay.empty_s=0.3",
+        "camera.replay.empty_s=0.8",
         "camera.replay.arrive_s=0.1",
         "camera.replay.dwell_s=0.9",
         "camera.replay.remove_s=0.1",

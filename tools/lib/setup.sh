@@ -33,7 +33,12 @@ setup_venv() {
         echo "--- installing recyclex-edge${extra:+[$extra]} into .venv"
         local target="$repo_root"
         [[ -n "$extra" ]] && target="$repo_root[$extra]"
-        "$repo_root/.venv/bin/pip" install --quiet -e "$target" || return 1
+        # pip's and setuptools' chatter goes to a log that is shown only when something failed.
+        local log="$repo_root/.venv/pip-install.log"
+        if ! "$repo_root/.venv/bin/pip" install --quiet -e "$target" >"$log" 2>&1; then
+            cat "$log" >&2
+            return 1
+        fi
         echo "$wanted" >"$stamp"
     fi
 }

@@ -1,0 +1,58 @@
+"""Slow checks of the machine the bin runs on: free disk in the state directory and SoC temperature.
+
+A full SD card stops the outbox from persisting events and a hot SoC throttles inference; both are
+things a technician must see on the health page before they become a lost event or a slow sort.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from recyclex_edge.health import HealthRegistry, Status
+from recyclex_edge.mqtt.system import soc_temperature_c
+
+DISK_FAILING_BYTES = 50 * 1024 * 1024
+DISK_DEGRADED_BYTES = 500 * 1024 * 1024
+# Raspberry Pi firmware throttles at 80 degrees C (soft limit from 60 on a Pi 4 with arm_freq set high).
+TEMPERATURE_DEGRADED_C = 75.0
+TEMPERATURE_FAILING_C = 85.0
+
+
+def check_disk(
+    state_dir: Path,
+    health: HealthRegistry,
+    *,
+    failing_below_bytes: int = DISK_FAILING_BYTES,
+    degraded_below_bytes: int = DISK_DEGRADED_BYTES,
+) -> None:
+    try:
+        free = shutil.disk_usage(state_dir).free
+    except OSError as error:
+        health.report(
+            "disk", Status.FAILING, f"cannot read the state directory {state_dir}: {error.strerror}"
+        )
+        return
+    free_mib = free / 1024 / 1024
+    if free < failing_below_bytes:
+        health.report(
+            "disk", Status.FAILING, f"{free_mib:.0f} MiB free in {state_dir}: events cannot be kept"
+        )
+    elif free < degraded_below_bytes:
+        health.report("disk", Status.DEGRADED, f"{free_mib:.0f} MiB free in {state_dir}: clean up soon")
+    else:
+        health.report("disk", Status.OK, f"{free_mib:.0f} MiB free in {state_dir}")
+
+
+def check_temperature(health: HealthRegistry) -> None:
+    celsius = soc_temperature_c()
+    if celsius is None:
+        return  # no thermal sensor on this board (a PC, a container): nothing to report
+    if celsius >= TEMPERATURE_FAILING_C:
+        health.report(
+            "soc_temperature", Status.FAILING, f"{celsius:.1f} C: throttling; check the fan and vents"
+        )
+    elif celsius >= TEMPERATURE_DEGRADED_C:
+        health.report("soc_temperature", Status.DEGRADED, f"{celsius:.1f} C: close to throttling")
+    else:
+        health.report("soc_temperature", Status.OK, f"{celsius:.1f} C")
