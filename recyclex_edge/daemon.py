@@ -27,6 +27,7 @@ from aiohttp import web
 
 from recyclex_edge import __version__
 from recyclex_edge.api import ACCESS_LOG, EVENTS, AccessLogger, build_app
+from recyclex_edge.api.page import add_technician_page, camera_jpeg
 from recyclex_edge.camera import Camera, build_camera
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config
@@ -35,6 +36,7 @@ from recyclex_edge.detector import DepositDetector, build_detector
 from recyclex_edge.errors import ModelError, RecycleXError
 from recyclex_edge.gpio import GpioError, make_pin_factory
 from recyclex_edge.health import HealthRegistry, Status
+from recyclex_edge.history import History
 from recyclex_edge.housekeeping import check_disk, check_temperature
 from recyclex_edge.mqtt import CommandHandler, MqttBridge
 from recyclex_edge.notify import Liveness, Notifier, watchdog_interval_s
@@ -87,6 +89,7 @@ class Daemon:
         self.config = config
         self.paced = paced
         self.health = HealthRegistry()
+        self.history = History()
         self.liveness = Liveness(MAX_LOOP_SILENCE_S)
         self.notifier = Notifier.from_environment(environ)
         self.watchdog_interval_s = watchdog_interval_s(environ)
@@ -186,6 +189,7 @@ class Daemon:
             device_id=self.config.device.id,
             sinks=sinks,
             liveness=self.liveness,
+            history=self.history,
         )
         self.pipeline.start()
 
@@ -355,6 +359,15 @@ class Daemon:
 
         self.app = build_app(config, self.classifier, self.health)
         hub = self.app[EVENTS]
+        add_technician_page(
+            self.app,
+            history=self.history,
+            commands=self._commands(),
+            state=self.state,
+            camera_snapshot=camera_jpeg(self.camera),
+            detector_state=lambda: self.detector.state.value if self.detector is not None else "off",
+            after_command=lambda: self.mqtt.state_changed() if self.mqtt is not None else None,
+        )
         self._start_mqtt()
         # The outbox first: an event counts as produced once it is durable.
         sinks: list[EventSink] = [self.mqtt.submit_event] if self.mqtt is not None else []

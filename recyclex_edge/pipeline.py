@@ -21,6 +21,7 @@ from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import DecisionConfig
 from recyclex_edge.decision import UNCERTAIN, ConfidencePolicy, combine
 from recyclex_edge.detector import DepositDetector, DepositEventKind, FrameFeed
+from recyclex_edge.history import History
 from recyclex_edge.ids import new_event_id
 from recyclex_edge.notify import Liveness
 from recyclex_edge.sorter import Sorter
@@ -68,6 +69,7 @@ class SortingPipeline:
         device_id: str,
         sinks: list[EventSink],
         liveness: Liveness | None = None,
+        history: History | None = None,
     ) -> None:
         self._frames = frames
         self._detector = detector
@@ -78,6 +80,7 @@ class SortingPipeline:
         self._device_id = device_id
         self._sinks = sinks
         self._liveness = liveness
+        self._history = history
         self.mode = Mode.SORT
         self.stats = PipelineStats()
         self._stop = threading.Event()
@@ -187,6 +190,12 @@ class SortingPipeline:
             action,
             f" (replayed photo of {truth})" if truth else "",
         )
+        if self._history is not None:
+            # Before the sinks: a thumbnail must exist by the time the WebSocket announces the event.
+            try:
+                self._history.record(event, burst[0].image)
+            except Exception:
+                log.exception("the history failed to record %s", event["id"])
         for sink in self._sinks:
             try:
                 sink(event)
