@@ -27,6 +27,7 @@ from aiohttp import web
 
 from recyclex_edge import __version__
 from recyclex_edge.api import ACCESS_LOG, EVENTS, AccessLogger, build_app
+from recyclex_edge.api.keys import INFERENCE
 from recyclex_edge.api.page import add_technician_page, camera_jpeg
 from recyclex_edge.camera import Camera, build_camera
 from recyclex_edge.classifier import Classifier
@@ -173,8 +174,7 @@ class Daemon:
         if self.classifier is None or self.detector is None or self.camera is None:
             return
         decision = self.config.decision
-        threshold = decision.threshold or self.classifier.card.decision.threshold
-        policy = ConfidencePolicy(self.classifier.labels, threshold, decision.class_thresholds)
+        policy = self._policy(self.classifier)
         if self.sorter is not None and (unrouted := self.sorter.unrouted(self.classifier.labels)):
             log.warning(
                 "no bin for %s in sorter.bins: those items go to the residual bin", ", ".join(unrouted)
@@ -246,19 +246,44 @@ class Daemon:
             "reason": result.reason,
         }
 
+    def _policy(self, classifier: Classifier) -> ConfidencePolicy:
+        decision = self.config.decision
+        threshold = decision.threshold or classifier.card.decision.threshold
+        return ConfidencePolicy(classifier.labels, threshold, decision.class_thresholds)
+
     def _command_reload_model(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Load the model file again (an operator replaced it) and switch the pipeline and the API to it.
+
+        The new model is loaded and checked before anything switches: a bad file leaves the running
+        model in place and answers with the reason.
+        """
+        if self.classifier is None or self.app is None:
+            raise RecycleXError(
+                "the model failed to load at start-up, so nothing is running to switch; fix model.path and "
+                "restart the service (systemctl restart recyclex-edge)"
+            )
         classifier = Classifier(
             self.config.model.path,
             num_threads=self.config.model.num_threads,
             pool_size=self.config.model.pool_size,
         )
+        if classifier.labels != self.classifier.labels:
+            raise RecycleXError(
+                f"the new model's labels {list(classifier.labels)} differ from the running model's "
+                f"{list(self.classifier.labels)}; sorter.bins and dashboards expect the old ones: "
+                "restart the service instead"
+            )
+        policy = self._policy(classifier)
         if self.pipeline is not None:
-            self.pipeline.use_classifier(classifier)
+            self.pipeline.use_classifier(classifier, policy)
+        service = self.app[INFERENCE]
+        if service is not None:
+            service.use_classifier(classifier, policy)
         self.classifier = classifier
-        self.health.report(
-            "classifier", Status.OK, f"{classifier.card.name} {classifier.card.version} reloaded"
-        )
-        log.info("model reloaded: %s %s", classifier.card.name, classifier.card.version)
+        card = classifier.card
+        detail = f"{card.name} {card.version} reloaded (sha256 {card.sha256[:12]})"
+        self.health.report("classifier", Status.OK, detail)
+        log.info("model reloaded: %s", detail)
         return {"model": {"name": classifier.card.name, "version": classifier.card.version}}
 
     def _command_reset_counters(self, arguments: dict[str, Any]) -> dict[str, Any]:

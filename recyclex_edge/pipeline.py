@@ -99,9 +99,9 @@ class SortingPipeline:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
-    def use_classifier(self, classifier: Classifier) -> None:
+    def use_classifier(self, classifier: Classifier, policy: ConfidencePolicy) -> None:
         """Swap in a reloaded model; the item in progress finishes with the one it started with."""
-        self._classifier = classifier
+        self._classifier, self._policy = classifier, policy
 
     def set_mode(self, mode: Mode) -> None:
         if mode != self.mode:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import jsonschema
 import pytest
 
 from recyclex_edge.daemon import Daemon
+from recyclex_edge.model_card import SHIPPED_MODEL, card_path_for, sha256_of
 from tests.mqtt.support import Collector, Mosquitto, connect_collector
 from tests.test_daemon import (  # the same replayed-bin set-up as the pipeline tests
     ANGLES,
@@ -136,5 +138,44 @@ async def test_broker_outage_degrades_the_bin_but_loses_no_event(
     try:
         published = await wait_for(collector, "recyclex/bin-outage/events", 2, timeout_s=60)
         assert {e["id"] for e in local} <= {e["id"] for e in published}
+    finally:
+        collector.close()
+
+
+async def test_reload_model_checks_the_new_file_before_switching(
+    tmp_path: Path,
+    broker: Mosquitto,
+    run_daemon: Any,  # noqa: F811
+) -> None:
+    model = tmp_path / "model" / SHIPPED_MODEL.name
+    model.parent.mkdir()
+    shutil.copy(SHIPPED_MODEL, model)
+    shutil.copy(card_path_for(SHIPPED_MODEL), card_path_for(model))
+    photos = photo_folder(tmp_path, ["paper"])
+    config = bin_config(
+        tmp_path,
+        photos,
+        f"model.path={model}",
+        "mqtt.enabled=true",
+        "mqtt.host=127.0.0.1",
+        f"mqtt.port={broker.port}",
+        "device.id=bin-reload",
+    )
+    prefix = "recyclex/bin-reload"
+    collector = connect_collector(broker, [f"{prefix}/#"], "dashboard-reload", protocol="5")
+    try:
+        daemon: Daemon = await run_daemon(config)
+        running = daemon.classifier
+        model.write_bytes(model.read_bytes()[:1000])  # a botched copy: the card's sha256 no longer matches
+        answer = await command(collector, prefix, "reload-model", {})
+        assert answer["ok"] is False and "does not match its card" in answer["error"]
+        assert daemon.classifier is running, "a bad file must leave the running model in place"
+        await next_events(daemon, 1, timeout_s=60)  # and the bin still sorts
+
+        shutil.copy(SHIPPED_MODEL, model)
+        answer = await command(collector, prefix, "reload-model", {})
+        assert answer["ok"] is True, answer
+        assert daemon.classifier is not running
+        assert daemon.health.snapshot()["classifier"].detail.endswith(f"(sha256 {sha256_of(model)[:12]})")
     finally:
         collector.close()

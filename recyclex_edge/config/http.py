@@ -11,7 +11,7 @@ import re
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from recyclex_edge.config.base import Section
 
@@ -29,6 +29,10 @@ def parse_rate(rate: str) -> tuple[int, float]:
     return int(match.group(1)), _PERIOD_S[match.group(2)]
 
 
+def _predict_only() -> list[Scope]:
+    return ["predict"]
+
+
 class ApiTokenConfig(Section):
     """One static API token. Only its sha256 is stored, so a leaked config does not leak the token."""
 
@@ -39,12 +43,12 @@ class ApiTokenConfig(Section):
     sha256: str = Field(
         pattern=r"^[0-9a-f]{64}$",
         description=(
-            "sha256 hex of the token. Make a random token and its hash with: python3 -c \"import secrets, "
-            "hashlib; t = secrets.token_urlsafe(32); print(t, hashlib.sha256(t.encode()).hexdigest())\""
+            'sha256 hex of the token. Make a random token and its hash with: python3 -c "import secrets, '
+            'hashlib; t = secrets.token_urlsafe(32); print(t, hashlib.sha256(t.encode()).hexdigest())"'
         ),
     )
     scopes: list[Scope] = Field(
-        default_factory=lambda: ["predict"],
+        default_factory=_predict_only,
         min_length=1,
         description="'predict' calls the /predict endpoints; 'admin' may do everything, /metrics included.",
     )
@@ -68,23 +72,38 @@ class JwtConfig(Section):
     def configured(self) -> bool:
         return self.secret is not None or self.public_key is not None
 
-    @model_validator(mode="after")
-    def _key_matches_algorithm(self) -> JwtConfig:
-        if self.secret is not None and self.public_key is not None:
+    # Field validators, not a model validator: an error on the whole section would print its value,
+    # secret included; on the `secret` field itself the loader hides it.
+    @field_validator("secret")
+    @classmethod
+    def _secret_fits(cls, secret: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if secret is None:
+            return secret
+        algorithm = info.data.get("algorithm", "HS256")
+        if algorithm != "HS256":
+            raise ValueError(f"algorithm {algorithm} verifies with jwt.public_key, not jwt.secret")
+        if len(secret.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters; a short HS256 secret can be guessed")
+        return secret
+
+    @field_validator("public_key")
+    @classmethod
+    def _public_key_fits(cls, public_key: str | None, info: ValidationInfo) -> str | None:
+        if public_key is None:
+            return public_key
+        if info.data.get("secret") is not None:
             raise ValueError("set either jwt.secret (HS256) or jwt.public_key, not both")
-        if self.algorithm == "HS256" and self.public_key is not None:
+        if info.data.get("algorithm", "HS256") == "HS256":
             raise ValueError("jwt.public_key needs algorithm RS256, ES256 or EdDSA")
-        if self.algorithm != "HS256" and self.secret is not None:
-            raise ValueError(f"algorithm {self.algorithm} verifies with jwt.public_key, not jwt.secret")
-        if self.secret is not None and len(self.secret.get_secret_value()) < 32:
-            raise ValueError("jwt.secret must be at least 32 characters; a short HS256 secret can be guessed")
-        return self
+        return public_key
 
 
 class AuthConfig(Section):
     """Who may call the API."""
 
-    enabled: bool = Field(True, description="Require a bearer token. Turn off only in a lab; the log says so.")
+    enabled: bool = Field(
+        True, description="Require a bearer token. Turn off only in a lab; the log says so."
+    )
     tokens: list[ApiTokenConfig] = Field(
         default_factory=list, description="Static API tokens, stored as sha256 hashes with their scopes."
     )
@@ -92,8 +111,12 @@ class AuthConfig(Section):
     scope_claim: str = Field(
         "scope", min_length=1, description="JWT claim holding the scopes: a space-separated string or a list."
     )
-    public_health: bool = Field(True, description="Serve /health without a token (technicians, load balancers).")
-    public_metrics: bool = Field(False, description="Serve /metrics without a token; otherwise it needs 'admin'.")
+    public_health: bool = Field(
+        True, description="Serve /health without a token (technicians, load balancers)."
+    )
+    public_metrics: bool = Field(
+        False, description="Serve /metrics without a token; otherwise it needs 'admin'."
+    )
 
     @field_validator("tokens")
     @classmethod
@@ -132,7 +155,9 @@ class CacheConfig(Section):
 
     enabled: bool = Field(True, description="Answer repeated uploads of the same bytes from memory.")
     ttl_s: float = Field(60.0, gt=0, le=3600, description="How long an answer stays valid.")
-    max_entries: int = Field(256, ge=1, le=100_000, description="Answers kept; the least recently used go first.")
+    max_entries: int = Field(
+        256, ge=1, le=100_000, description="Answers kept; the least recently used go first."
+    )
 
 
 class LiveConfig(Section):
@@ -142,7 +167,9 @@ class LiveConfig(Section):
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest frame; bigger closes the socket."
     )
-    heartbeat_s: float = Field(20.0, gt=0, le=300, description="Ping interval; a peer that stops answering is closed.")
+    heartbeat_s: float = Field(
+        20.0, gt=0, le=300, description="Ping interval; a peer that stops answering is closed."
+    )
     event_queue_size: int = Field(
         100, ge=1, le=10_000, description="Events buffered per subscriber; when full the oldest are dropped."
     )
@@ -172,7 +199,7 @@ class HttpConfig(Section):
         25_000_000,
         ge=10_000,
         le=200_000_000,
-        description="Largest image (width x height, read from its header) decoded; bigger is refused undecoded.",
+        description="Largest image (width x height, from its header) decoded; bigger is refused undecoded.",
     )
     max_video_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, le=2 * 1024 * 1024 * 1024, description="Largest accepted video upload."
@@ -182,22 +209,30 @@ class HttpConfig(Section):
         7200, ge=1, le=1_000_000, description="Most frames a video may have (declared or actually decoded)."
     )
     max_video_pixels: int = Field(
-        8_294_400, ge=10_000, le=40_000_000, description="Largest video frame (width x height); 4K by default."
+        8_294_400,
+        ge=10_000,
+        le=40_000_000,
+        description="Largest video frame (width x height); 4K by default.",
     )
     video_fps_default: float = Field(2.0, gt=0, le=60, description="Frames sampled per second without ?fps=.")
     video_fps_max: float = Field(5.0, gt=0, le=60, description="Highest ?fps= accepted for /predict/video.")
     max_pending_inferences: int = Field(
         8, ge=1, le=1024, description="Inferences queued or running at once; beyond it requests get 503."
     )
-    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with 503 when the queue is full.")
+    retry_after_s: int = Field(
+        1, ge=1, le=3600, description="Retry-After sent with 503 when the queue is full."
+    )
     read_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest time to receive an upload (408).")
     request_timeout_s: float = Field(
         120.0, gt=0, le=3600, description="Longest time to answer an HTTP request (503); sockets excepted."
     )
-    keepalive_timeout_s: float = Field(75.0, gt=0, le=3600, description="Idle keep-alive connections are closed.")
+    keepalive_timeout_s: float = Field(
+        75.0, gt=0, le=3600, description="Idle keep-alive connections are closed."
+    )
 
-    @model_validator(mode="after")
-    def _fps_limits(self) -> HttpConfig:
-        if self.video_fps_default > self.video_fps_max:
-            raise ValueError("http.video_fps_default must not exceed http.video_fps_max")
-        return self
+    @field_validator("video_fps_max")
+    @classmethod
+    def _fps_limits(cls, fps_max: float, info: ValidationInfo) -> float:
+        if info.data.get("video_fps_default", 0) > fps_max:
+            raise ValueError("must not be below http.video_fps_default")
+        return fps_max

@@ -1,0 +1,89 @@
+"""Every refusal is a JSON answer: `{"error", "code", "timestamp"}`, never a stack trace.
+
+Handlers and middlewares raise `ApiError` with a message that says what is wrong and what to do; the
+error middleware also turns aiohttp's own exceptions (404, 405, 413 ...) and unexpected ones into the
+same shape, logging the latter with their traceback on the server only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+log = logging.getLogger("recyclex_edge.api")
+
+# Messages for the statuses aiohttp raises itself, phrased for the person reading the answer.
+_AIOHTTP_MESSAGES = {
+    400: "the request is malformed; check its headers and body",
+    404: "no such endpoint; GET /openapi.json lists them",
+    405: "method not allowed on this endpoint; see the Allow header",
+    413: "the request body is larger than this endpoint accepts",
+    415: "unsupported content type",
+}
+
+
+# Set on the request when an ApiError answered it, for the `rejected` metric.
+REJECTED_REASON = web.RequestKey("rejected_reason", str)
+
+
+class ApiError(Exception):
+    """A deliberate refusal. `reason` is a short slug counted in the `rejected` metric."""
+
+    def __init__(
+        self, status: int, message: str, *, reason: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+
+def error_body(status: int, message: str) -> dict[str, object]:
+    return {
+        "error": message,
+        "code": status,
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(error_body(status, message)),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> web.Response:
+    message = _AIOHTTP_MESSAGES.get(exc.status, exc.reason)
+    if exc.status == 404:
+        message = f"no such endpoint: {request.method} {request.path}; GET /openapi.json lists them"
+    elif exc.status == 405 and isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+    # Keep the headers that tell the client what to do (Allow, Retry-After ...), not the body's.
+    headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+    return error_response(exc.status, message, headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        request[REJECTED_REASON] = error.reason
+        return error_response(error.status, error.message, error.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http_exception(exc, request)
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(500, "internal error; it has been logged on the bin, try again or report it")

@@ -1,0 +1,30 @@
+"""Typed keys for what the application and each request carry (aiohttp's AppKey / RequestKey)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from recyclex_edge.api.auth import Authenticator, Identity, RoutePolicy
+from recyclex_edge.api.inference import InferenceService
+from recyclex_edge.api.metrics import Metrics
+from recyclex_edge.api.ratelimit import RateLimiter
+from recyclex_edge.classifier import Classifier
+from recyclex_edge.config import Config
+from recyclex_edge.events import EventHub
+from recyclex_edge.health import HealthRegistry
+
+CONFIG = web.AppKey("config", Config)
+HEALTH = web.AppKey("health", HealthRegistry)
+EVENTS = web.AppKey("events", EventHub)
+CLASSIFIER = web.AppKey[Classifier | None]("classifier")
+METRICS = web.AppKey("metrics", Metrics)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+ROUTE_POLICIES = web.AppKey[dict[str, RoutePolicy]]("route_policies")
+# Set by the cleanup context: None while the classifier is missing (predict endpoints answer 503).
+INFERENCE = web.AppKey[InferenceService | None]("inference")
+STARTED_MONOTONIC = web.AppKey("started_monotonic", float)
+LIVE_SOCKETS = web.AppKey[set[web.WebSocketResponse]]("live_sockets")
+
+CLIENT = web.RequestKey("client", str)
+IDENTITY = web.RequestKey("identity", Identity)

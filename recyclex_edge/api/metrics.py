@@ -1,0 +1,88 @@
+"""Prometheus metrics of the API, in a registry of the app's own (never the global one).
+
+A registry per app keeps tests (and any second app in the process) from colliding over metric names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from recyclex_edge.model_card import ModelCard
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_INFERENCE_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class Metrics:
+    """Everything /metrics shows. Metric objects are thread-safe, so workers may update them too."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, card: ModelCard | None) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.requests = Counter(
+            "recyclex_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "recyclex_http_request_duration_seconds",
+            "Time to answer an HTTP request (WebSockets: the whole session).",
+            ["route"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "recyclex_inference_seconds",
+            "Model time per classification (preprocessing and interpreter).",
+            buckets=_INFERENCE_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.classifications = Counter(
+            "recyclex_classifications",
+            "Classifications made by the API, by predicted class.",
+            ["class"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "recyclex_inference_queue_depth",
+            "Inferences queued or running for the API.",
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "recyclex_http_rejected",
+            "Requests refused on purpose, by reason: rate_limited (429), queue_full (503), too_large, ...",
+            ["route", "reason"],
+            registry=self.registry,
+        )
+        self.cache_lookups = Counter(
+            "recyclex_cache_lookups",
+            "Prediction cache lookups, by result (hit or miss).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.live_dropped = Counter(
+            "recyclex_live_frames_dropped",
+            "Live frames not classified: superseded by a newer frame, or over the fps limit.",
+            ["reason"],
+            registry=self.registry,
+        )
+        model = Info("recyclex_model", "The loaded model.", registry=self.registry)
+        if card is not None:
+            model.info({"name": card.name, "version": card.version, "sha256": card.sha256})
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

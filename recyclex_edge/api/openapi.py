@@ -1,0 +1,254 @@
+"""The OpenAPI 3.1 description served at /openapi.json. Its schemas are plain JSON Schema 2020-12, and
+tests validate real responses against them, so the document cannot drift from the code unnoticed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recyclex_edge import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = _json(_ref("Error"), "Any 4xx or 5xx: what is wrong and what to do.")
+_NUMBER = {"type": "number"}
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "code", "timestamp"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {"type": "string", "minLength": 1},
+            "code": {"type": "integer", "minimum": 400, "maximum": 599},
+            "timestamp": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Component": {
+        "type": "object",
+        "required": ["status", "detail", "since"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"enum": ["ok", "degraded", "failing"]},
+            "detail": {"type": "string"},
+            "since": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "version", "uptime_s", "model", "components"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"enum": ["ok", "degraded", "failing"]},
+            "version": {"type": "string"},
+            "uptime_s": {"type": "number", "minimum": 0},
+            "model": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["name", "version", "sha256"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "version": {"type": "string"},
+                            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        },
+                    },
+                ]
+            },
+            "components": {"type": "object", "additionalProperties": _ref("Component")},
+        },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["name", "version"],
+        "additionalProperties": False,
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+    },
+    "Prediction": {
+        "type": "object",
+        "required": ["class", "confidence", "probabilities", "decision", "model", "timing", "cached"],
+        "additionalProperties": False,
+        "properties": {
+            "class": {"type": "string"},
+            "confidence": _PROBABILITY,
+            "probabilities": {"type": "object", "additionalProperties": _PROBABILITY},
+            "decision": {"type": "string", "description": "The class, or 'uncertain' below the threshold."},
+            "model": _ref("Model"),
+            "timing": {
+                "type": "object",
+                "required": ["decode_ms", "preprocess_ms", "inference_ms", "total_ms"],
+                "additionalProperties": False,
+                "properties": {
+                    "decode_ms": _NUMBER,
+                    "preprocess_ms": _NUMBER,
+                    "inference_ms": _NUMBER,
+                    "total_ms": _NUMBER,
+                },
+            },
+            "cached": {"type": "boolean", "description": "Answered from the in-process cache (timings 0)."},
+        },
+    },
+    "VideoPrediction": {
+        "type": "object",
+        "required": ["fps", "frames", "summary", "model", "timing"],
+        "additionalProperties": False,
+        "properties": {
+            "fps": {"type": "number", "exclusiveMinimum": 0, "description": "Sampling rate actually used."},
+            "frames": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["t_s", "class", "confidence"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "t_s": {"type": "number", "minimum": 0},
+                        "class": {"type": "string"},
+                        "confidence": _PROBABILITY,
+                    },
+                },
+            },
+            "summary": {
+                "type": "object",
+                "required": ["class", "confidence", "votes", "frames"],
+                "additionalProperties": False,
+                "properties": {
+                    "class": {"type": "string", "description": "The class of most sampled frames."},
+                    "confidence": _PROBABILITY,
+                    "votes": {"type": "integer", "minimum": 1},
+                    "frames": {"type": "integer", "minimum": 1},
+                },
+            },
+            "model": _ref("Model"),
+            "timing": {
+                "type": "object",
+                "required": ["total_ms"],
+                "additionalProperties": False,
+                "properties": {"total_ms": _NUMBER},
+            },
+        },
+    },
+}
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "contentMediaType": "application/octet-stream"}},
+            }
+        },
+    },
+}
+
+_SECURED = [{"bearer": ["predict"]}]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "RecycleX Edge bin API",
+        "version": __version__,
+        "description": (
+            "The HTTP API of one smart recycling bin. Every error is JSON: {error, code, timestamp}."
+        ),
+    },
+    "components": {
+        "schemas": _SCHEMAS,
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A static API token or a JWT; scopes 'predict' and 'admin'.",
+            }
+        },
+    },
+    "paths": {
+        "/health": {
+            "get": {
+                "summary": "Overall and per-component health",
+                "description": "Public unless http.auth.public_health is false; then any valid token.",
+                "security": [{}, {"bearer": []}],
+                "responses": {
+                    "200": _json(_ref("Health"), "ok or degraded"),
+                    "503": _json(_ref("Health"), "failing"),
+                    "default": _ERROR,
+                },
+            }
+        },
+        "/predict/image": {
+            "post": {
+                "summary": "Classify one JPEG or PNG image",
+                "security": _SECURED,
+                "requestBody": {
+                    **_UPLOAD_BODY,
+                    "content": {
+                        **_UPLOAD_BODY["content"],
+                        "image/jpeg": {"schema": {"type": "string", "contentMediaType": "image/jpeg"}},
+                        "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
+                    },
+                },
+                "responses": {"200": _json(_ref("Prediction"), "the classification"), "default": _ERROR},
+            }
+        },
+        "/predict/video": {
+            "post": {
+                "summary": "Classify an MP4 video sampled at ?fps= frames per second",
+                "security": _SECURED,
+                "parameters": [
+                    {
+                        "name": "fps",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "number", "exclusiveMinimum": 0},
+                        "description": "Samples per second (default 2, capped by http.video_fps_max).",
+                    }
+                ],
+                "requestBody": {
+                    **_UPLOAD_BODY,
+                    "content": {
+                        **_UPLOAD_BODY["content"],
+                        "video/mp4": {"schema": {"type": "string", "contentMediaType": "video/mp4"}},
+                    },
+                },
+                "responses": {"200": _json(_ref("VideoPrediction"), "per-frame results"), "default": _ERROR},
+            }
+        },
+        "/predict/live": {
+            "get": {
+                "summary": "WebSocket: binary frames in, one JSON result per frame out (docs/http-api.md)",
+                "security": _SECURED,
+                "responses": {"101": {"description": "switching to WebSocket"}, "default": _ERROR},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text exposition format)",
+                "security": [{"bearer": ["admin"]}],
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "default": _ERROR,
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+            }
+        },
+    },
+}

@@ -1,0 +1,22 @@
+"""GET /openapi.json: a valid OpenAPI 3.1 document that covers every route. (Real responses are checked
+against it in each endpoint's tests through the `openapi_validator` fixture.)"""
+
+from __future__ import annotations
+
+from jsonschema import Draft202012Validator
+
+from recyclex_edge.api.openapi import OPENAPI
+
+
+async def test_the_document_is_served_and_covers_every_route(api_client) -> None:
+    client = await api_client(classifier=None)
+    response = await client.get("/openapi.json")
+    document = await response.json()
+    assert response.status == 200 and document == OPENAPI and document["openapi"].startswith("3.1")
+    routes = {resource.canonical for resource in client.app.router.resources()}
+    assert routes == set(document["paths"]), "every route is documented and every documented path exists"
+
+
+def test_every_schema_is_valid_json_schema() -> None:
+    for schema in OPENAPI["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
