@@ -135,3 +135,19 @@ async def test_the_server_sends_heartbeat_pings(api_client) -> None:
         message = await asyncio.wait_for(ws.receive(), 5)
         assert message.type == WSMsgType.PING
         await ws.pong(message.data)
+
+
+async def test_browsers_authenticate_with_a_bearer_subprotocol(api_client) -> None:
+    """A browser cannot set Authorization on a WebSocket; `bearer.<token>` as a subprotocol does the same
+    checks, and the server echoes the protocol (browsers drop a socket whose protocol is not echoed)."""
+    from tests.conftest import API_PREDICT_TOKEN
+
+    client = await api_client()
+    async with client.ws_connect("/predict/live", protocols=(f"bearer.{API_PREDICT_TOKEN}",)) as ws:
+        assert ws.protocol == f"bearer.{API_PREDICT_TOKEN}"
+        await ws.send_json({"subscribe": "events"})
+        reply = await ws.receive_json(timeout=10)
+        assert reply.get("subscribed") == "events"
+    with pytest.raises(WSServerHandshakeError) as refused:
+        await client.ws_connect("/predict/live", protocols=("bearer.not-a-valid-token",))
+    assert refused.value.status == 401

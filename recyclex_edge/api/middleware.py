@@ -114,11 +114,33 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+WEBSOCKET_BEARER_PREFIX = "bearer."
+
+
+def websocket_protocol_token(request: web.Request) -> str | None:
+    """The `bearer.<token>` subprotocol a browser offered, if any.
+
+    Browsers cannot put an Authorization header on a WebSocket; offering the token as a subprotocol
+    (`new WebSocket(url, ["bearer." + token])`) is the usual way round, and the server must echo it back.
+    """
+    for offered in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(","):
+        offered = offered.strip()
+        if offered.startswith(WEBSOCKET_BEARER_PREFIX) and len(offered) > len(WEBSOCKET_BEARER_PREFIX):
+            return offered
+    return None
+
+
+def websocket_bearer(request: web.Request) -> str | None:
+    """An Authorization header value made from the WebSocket subprotocol token, for the same checks."""
+    offered = websocket_protocol_token(request)
+    return None if offered is None else "Bearer " + offered[len(WEBSOCKET_BEARER_PREFIX) :]
+
+
 @web.middleware
 async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app
     authenticator = app[AUTHENTICATOR]
-    identity = authenticator.identify(request.headers.get(hdrs.AUTHORIZATION))
+    identity = authenticator.identify(request.headers.get(hdrs.AUTHORIZATION) or websocket_bearer(request))
     request[IDENTITY] = identity
     policy = app[ROUTE_POLICIES].get(route_template(request))
     if policy is None:  # unknown path or method: the router answers 404/405

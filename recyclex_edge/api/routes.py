@@ -24,6 +24,7 @@ from recyclex_edge.api.keys import (
     STARTED_MONOTONIC,
 )
 from recyclex_edge.api.live import LiveSession
+from recyclex_edge.api.middleware import websocket_protocol_token
 from recyclex_edge.api.openapi import OPENAPI
 from recyclex_edge.api.uploads import FileSink, MemorySink, UploadKind, receive_upload
 from recyclex_edge.api.video import VideoLimits, summarise
@@ -161,7 +162,12 @@ async def predict_live(request: web.Request) -> web.WebSocketResponse:
             reason="too_many_sockets",
             headers={hdrs.RETRY_AFTER: "5"},
         )
-    ws = web.WebSocketResponse(heartbeat=live.heartbeat_s, max_msg_size=live.max_message_bytes)
+    offered = websocket_protocol_token(request)
+    ws = web.WebSocketResponse(
+        heartbeat=live.heartbeat_s,
+        max_msg_size=live.max_message_bytes,
+        protocols=(offered,) if offered is not None else (),  # echoed, or the browser drops the socket
+    )
     await ws.prepare(request)
     sockets.add(ws)
     try:

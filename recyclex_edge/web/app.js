@@ -357,14 +357,17 @@ function socketUrl() {
 }
 
 function connectSocket() {
-  if (auth && auth.enabled) {
-    // Browsers cannot send an Authorization header on a WebSocket: poll /api/history instead.
+  const needsToken = auth && auth.enabled;
+  if (needsToken && !token) {
+    // No token yet: poll /api/history, and look again once one has been pasted.
     $("feed").textContent = "(refreshed every " + HISTORY_POLL_MS / 1000 + " s)";
+    setTimeout(connectSocket, SOCKET_RETRY_MS);
     return;
   }
   let socket;
   try {
-    socket = new WebSocket(socketUrl());
+    // Browsers cannot put an Authorization header on a WebSocket: the token travels as a subprotocol.
+    socket = needsToken ? new WebSocket(socketUrl(), ["bearer." + token]) : new WebSocket(socketUrl());
   } catch (error) {
     setTimeout(connectSocket, SOCKET_RETRY_MS);
     return;

@@ -69,10 +69,50 @@ async def run(overrides: list[str], items: int, paced: bool, on_item: Any = None
     return events
 
 
+async def soak_for(overrides: list[str], minutes: float) -> dict[str, Any]:
+    """Real-time replay with the default deposit timing (about 5 s an item) for `minutes`."""
+    config = load_config(REPO / "config" / "demo.yaml", overrides)
+    daemon = Daemon(config, environ={}, paced=True)
+    task = asyncio.create_task(daemon.serve())
+    await daemon.started.wait()
+    assert daemon.app is not None
+    items = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    rss_first_minute: float | None = None
+    with daemon.app[EVENTS].subscribe() as subscription:
+        while (elapsed := loop.time() - started) < minutes * 60:
+            if rss_first_minute is None and elapsed >= 60:
+                rss_first_minute = rss_mib()
+            try:
+                await asyncio.wait_for(subscription.get(), timeout=5)
+                items += 1
+            except TimeoutError:
+                pass
+    end = rss_mib()
+    daemon.request_stop()
+    await task
+    assert rss_first_minute is not None
+    return {
+        "minutes": minutes,
+        "items": items,
+        "rss_after_first_minute_mib": round(rss_first_minute, 1),
+        "rss_at_end_mib": round(end, 1),
+        "growth_fraction": round(end / rss_first_minute - 1, 4),
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--soak-items", type=int, default=720)
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=0.0,
+        help="instead of the item-count soak: replay in real time (5 s per item) for this long and compare "
+        "RSS after the first minute with RSS at the end",
+    )
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="recyclex-bench-"))
     common = [
@@ -83,6 +123,11 @@ async def main() -> None:
         "logging.level=WARNING",
     ]
 
+    if args.soak_minutes:
+        report = await soak_for(common, args.soak_minutes)
+        report["rss_target_growth_max"] = 0.05
+        print(json.dumps(report, indent=2))
+        return
     events = await run([*common, "camera.replay.empty_s=0.8", "camera.replay.dwell_s=1.6"], args.items, True)
     latencies = [
         e["timing"]["settled_to_decided_ms"] + e["timing"]["decided_to_actuated_ms"]
