@@ -76,9 +76,11 @@ def api_client(aiohttp_client, api_config, request):
     from recyclex_edge.api import ACCESS_LOG, AccessLogger, build_app
     from recyclex_edge.health import HealthRegistry
 
-    async def make(*overrides, classifier=..., health=None):
+    async def make(*overrides, classifier=..., health=None, customise=None):
         chosen = request.getfixturevalue("shipped_classifier") if classifier is ... else classifier
         app = build_app(api_config(*overrides), chosen, health or HealthRegistry())
+        if customise is not None:  # e.g. add the technician page, as Daemon.serve does
+            customise(app)
         # Runner options as the daemon passes them (TestServer ignores its constructor's kwargs).
         server = TestServer(app)
         await server.start_server(access_log_class=AccessLogger, access_log=ACCESS_LOG)

@@ -3,13 +3,29 @@ against it in each endpoint's tests through the `openapi_validator` fixture.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from jsonschema import Draft202012Validator
 
 from recyclex_edge.api.openapi import OPENAPI
+from recyclex_edge.api.page import add_technician_page
+from recyclex_edge.history import History
 
 
 async def test_the_document_is_served_and_covers_every_route(api_client) -> None:
-    client = await api_client(classifier=None)
+    """The daemon's app: build_app's routes plus the technician page's (added as Daemon.serve adds them)."""
+
+    def with_page(app: Any) -> None:
+        add_technician_page(
+            app,
+            history=History(),
+            commands={},
+            state=dict,
+            camera_snapshot=lambda: None,
+            detector_state=lambda: "off",
+        )
+
+    client = await api_client(classifier=None, customise=with_page)
     response = await client.get("/openapi.json")
     document = await response.json()
     assert response.status == 200 and document == OPENAPI and document["openapi"].startswith("3.1")

@@ -243,6 +243,75 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        # The technician page and the small API it reads (recyclex_edge/api/page.py).
+        "/": {
+            "get": {
+                "summary": "The technician page (HTML; it holds no data, it calls the endpoints below)",
+                "security": [],
+                "responses": {"200": {"description": "the page", "content": {"text/html": {}}}},
+            }
+        },
+        "/static/{name}": {
+            "get": {
+                "summary": "The page's script and style",
+                "security": [],
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "the file"}, "default": _ERROR},
+            }
+        },
+        "/api/state": {
+            "get": {
+                "summary": "Mode, counters, fill levels, detector state, device, and who the caller is",
+                "security": [{}, {"bearer": []}],
+                "responses": {"200": _json({"type": "object"}, "the bin's state"), "default": _ERROR},
+            }
+        },
+        "/api/history": {
+            "get": {
+                "summary": "Recent events (without images) and per-minute series of the last hours",
+                "security": [{}, {"bearer": []}],
+                "responses": {"200": _json({"type": "object"}, "events and series"), "default": _ERROR},
+            }
+        },
+        "/api/events/{event_id}/thumbnail.jpg": {
+            "get": {
+                "summary": "A recent event's small photo",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                    "default": _ERROR,
+                },
+            }
+        },
+        "/api/camera.jpg": {
+            "get": {
+                "summary": "The latest camera frame (re-encoded at most once a second)",
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                    "default": _ERROR,
+                },
+            }
+        },
+        "/api/commands/{name}": {
+            "post": {
+                "summary": "Run a command as MQTT does (mode, test-actuator, reload-model, ...)",
+                "security": [{"bearer": ["admin"]}],
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {"200": _json({"type": "object"}, "{ok: true, result}"), "default": _ERROR},
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",
