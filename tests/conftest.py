@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,17 @@ def val_photos(label: str | None = None) -> list[Path]:
     """Real validation photos, sorted, for one label or all."""
     folders = [VAL / label] if label else sorted(p for p in VAL.iterdir() if p.is_dir())
     return sorted(photo for folder in folders for photo in folder.glob("*.jpg"))
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Any]:
+    """A real Mosquitto on a free loopback port, stoppable and restartable (tests/mqtt/support.py)."""
+    from tests.mqtt.support import Mosquitto
+
+    server = Mosquitto(tmp_path / "broker")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

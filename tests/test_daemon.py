@@ -64,6 +64,18 @@ def bin_config(tmp_path: Path, photos: Path, *overrides: str) -> Config:
     return load_config(None, [*settings, *overrides], environ={})
 
 
+def broker_settings(port: int, device_id: str) -> list[str]:
+    """Overrides that connect the bin to a test broker, with a quick reconnect."""
+    return [
+        "mqtt.enabled=true",
+        "mqtt.host=127.0.0.1",
+        f"mqtt.port={port}",
+        "mqtt.reconnect.min_delay_s=1",
+        "mqtt.reconnect.max_delay_s=1",
+        f"device.id={device_id}",
+    ]
+
+
 def photo_folder(tmp_path: Path, labels: list[str]) -> Path:
     """Real val photos named so that sorted order is the order given (symlinks: nothing is copied)."""
     folder = tmp_path / "photos"

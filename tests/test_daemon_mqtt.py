@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 
 from recyclex_edge.daemon import Daemon
 from recyclex_edge.model_card import SHIPPED_MODEL, card_path_for, sha256_of
@@ -18,6 +16,7 @@ from tests.mqtt.support import Collector, Mosquitto, connect_collector
 from tests.test_daemon import (  # the same replayed-bin set-up as the pipeline tests
     ANGLES,
     bin_config,
+    broker_settings,
     duty,
     next_events,
     photo_folder,
@@ -26,14 +25,6 @@ from tests.test_daemon import (  # the same replayed-bin set-up as the pipeline 
 )
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "event.schema.json").read_text())
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def wait_for(collector: Collector, topic: str, count: int, timeout_s: float = 60) -> list[Any]:
@@ -61,10 +52,7 @@ async def test_sorted_items_reach_the_dashboard_and_commands_reach_the_bin(
     config = bin_config(
         tmp_path,
         photos,
-        "mqtt.enabled=true",
-        "mqtt.host=127.0.0.1",
-        f"mqtt.port={broker.port}",
-        "device.id=bin-mqtt",
+        *broker_settings(broker.port, "bin-mqtt"),
     )
     prefix = "recyclex/bin-mqtt"
     collector = connect_collector(broker, [f"{prefix}/#"], "dashboard", protocol="5")
@@ -113,12 +101,10 @@ async def test_broker_outage_degrades_the_bin_but_loses_no_event(
     config = bin_config(
         tmp_path,
         photos,
-        "mqtt.enabled=true",
-        "mqtt.host=127.0.0.1",
-        f"mqtt.port={broker.port}",
-        "mqtt.reconnect.min_delay_s=1",
-        "mqtt.reconnect.max_delay_s=1",
-        "device.id=bin-outage",
+        *broker_settings(broker.port, "bin-outage"),
+        # Slower than the test's own subscriber, so that nothing is published before it listens again.
+        "mqtt.reconnect.min_delay_s=2",
+        "mqtt.reconnect.max_delay_s=2",
     )
     daemon: Daemon = await run_daemon(config)
     async with asyncio.timeout(30):
@@ -156,10 +142,7 @@ async def test_reload_model_checks_the_new_file_before_switching(
         tmp_path,
         photos,
         f"model.path={model}",
-        "mqtt.enabled=true",
-        "mqtt.host=127.0.0.1",
-        f"mqtt.port={broker.port}",
-        "device.id=bin-reload",
+        *broker_settings(broker.port, "bin-reload"),
     )
     prefix = "recyclex/bin-reload"
     collector = connect_collector(broker, [f"{prefix}/#"], "dashboard-reload", protocol="5")

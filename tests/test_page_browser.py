@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tests.test_daemon import (  # the same replayed bin as the daemon tests
     ANGLES,
     SERVO_PIN,
     bin_config,
+    broker_settings,
     duty,
     photo_folder,
     run_daemon,  # noqa: F401  (a fixture)
@@ -43,14 +44,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 WAIT_MS = 30_000  # generous for a loaded 2-core machine; every wait still ends, and fails
 expect.set_options(timeout=WAIT_MS)  # expect's own default is 5 s
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -109,12 +102,7 @@ async def test_the_page_follows_the_bin_live_and_its_controls_move_it(
     config = bin_config(
         tmp_path,
         photos,
-        "mqtt.enabled=true",
-        "mqtt.host=127.0.0.1",
-        f"mqtt.port={broker.port}",
-        "mqtt.reconnect.min_delay_s=1",
-        "mqtt.reconnect.max_delay_s=1",
-        "device.id=bin-page",
+        *broker_settings(broker.port, "bin-page"),
         "device.name=Hall 3 east",
     )
     daemon: Daemon = await run_daemon(config)
