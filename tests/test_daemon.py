@@ -26,18 +26,12 @@ from recyclex_edge.config import Config, load_config
 from recyclex_edge.daemon import Daemon
 from recyclex_edge.decision import UNCERTAIN
 from tests.conftest import val_photos
+from tests.mqtt.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SERVO_PIN = 18
 ANGLES = {"cardboard": -75.0, "glass": -45.0, "metal": -15.0, "paper": 15.0, "plastic": 45.0, "trash": 75.0}
 RELAYS = {"cardboard": 5, "glass": 6, "metal": 13, "paper": 19, "plastic": 26, "trash": 21}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def bin_config(tmp_path: Path, photos: Path, *overrides: str) -> Config:
