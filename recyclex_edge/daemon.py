@@ -174,7 +174,7 @@ class Daemon:
         if self.classifier is None or self.detector is None or self.camera is None:
             return
         decision = self.config.decision
-        policy = self._policy(self.classifier)
+        policy = ConfidencePolicy.for_model(self.classifier, decision)
         if self.sorter is not None and (unrouted := self.sorter.unrouted(self.classifier.labels)):
             log.warning(
                 "no bin for %s in sorter.bins: those items go to the residual bin", ", ".join(unrouted)
@@ -246,11 +246,6 @@ class Daemon:
             "reason": result.reason,
         }
 
-    def _policy(self, classifier: Classifier) -> ConfidencePolicy:
-        decision = self.config.decision
-        threshold = decision.threshold or classifier.card.decision.threshold
-        return ConfidencePolicy(classifier.labels, threshold, decision.class_thresholds)
-
     def _command_reload_model(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Load the model file again (an operator replaced it) and switch the pipeline and the API to it.
 
@@ -273,7 +268,7 @@ class Daemon:
                 f"{list(self.classifier.labels)}; sorter.bins and dashboards expect the old ones: "
                 "restart the service instead"
             )
-        policy = self._policy(classifier)
+        policy = ConfidencePolicy.for_model(classifier, self.config.decision)
         if self.pipeline is not None:
             self.pipeline.use_classifier(classifier, policy)
         service = self.app[INFERENCE]

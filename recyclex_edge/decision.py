@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from recyclex_edge.classifier import Classification
+from recyclex_edge.classifier import Classification, Classifier
+from recyclex_edge.config import DecisionConfig
 from recyclex_edge.errors import ConfigError, ConfigProblem
 
 UNCERTAIN = "uncertain"
@@ -60,6 +61,12 @@ class ConfidencePolicy:
             )
         self.default_threshold = default_threshold
         self.thresholds = {label: class_thresholds.get(label, default_threshold) for label in labels}
+
+    @classmethod
+    def for_model(cls, classifier: Classifier, config: DecisionConfig) -> ConfidencePolicy:
+        """The config's threshold, or else the model card's recommended one, with per-class overrides."""
+        threshold = config.threshold if config.threshold is not None else classifier.card.decision.threshold
+        return cls(classifier.labels, threshold, config.class_thresholds)
 
     def decide(self, label: str, confidence: float) -> str:
         if confidence >= self.thresholds[label]:

@@ -154,10 +154,7 @@ def build_app(config: Config, classifier: Classifier | None, health: HealthRegis
     http = config.http
     policy = None
     if classifier is not None:
-        threshold = config.decision.threshold
-        if threshold is None:
-            threshold = classifier.card.decision.threshold
-        policy = ConfidencePolicy(classifier.labels, threshold, config.decision.class_thresholds)
+        policy = ConfidencePolicy.for_model(classifier, config.decision)
     elif "classifier" not in health.snapshot():
         health.report("classifier", Status.FAILING, "no classifier was loaded; predictions are unavailable")
 
