@@ -8,7 +8,8 @@ import pytest
 
 from recyclex_edge.errors import ImageDecodeError
 from recyclex_edge.model_card import CardInput
-from recyclex_edge.preprocess import Preprocessor, shrink
+from recyclex_edge.preprocess import Preprocessor
+from recyclex_edge.resize import shrink
 from tests.conftest import val_photos
 
 
