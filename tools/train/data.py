@@ -1,13 +1,16 @@
 """TrashNet loading under the runtime preprocessing contract, and the dataset digest.
 
-The runtime engine decodes with OpenCV (BGR), converts to RGB and squash-resizes the whole frame
-with INTER_AREA; `load_rgb` is that exact path so training, evaluation and the device agree.
+The runtime engine decodes with OpenCV (BGR), squash-resizes the whole frame with
+`recyclex_edge.resize.shrink` and converts to RGB; `load_rgb` calls that same function, so
+training, calibration, evaluation and the device see the same pixels.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from tqdm import tqdm
+
+# The runtime package, for its dependency-free resize only (not installed into this venv).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from recyclex_edge.resize import shrink
 
 LABELS = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 
@@ -25,13 +32,20 @@ class Split:
     labels: np.ndarray  # int class index per path
 
 
-def load_rgb(path: Path, size_wh: tuple[int, int]) -> np.ndarray:
-    """Decode + squash-resize exactly as the runtime engine does (card resize "squash")."""
+def load_rgb(
+    path: Path, size_wh: tuple[int, int], effect: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
+    """Decode + squash-resize exactly as the runtime engine does (card resize "squash").
+
+    `effect` alters the full-size BGR photo first, as a different camera or scene would
+    (robustness.py); it is never used for training or the card's main metrics.
+    """
     bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"cannot decode {path}")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return cv2.resize(rgb, size_wh, interpolation=cv2.INTER_AREA)
+    if effect is not None:
+        bgr = effect(bgr)
+    return cv2.cvtColor(shrink(bgr, size_wh), cv2.COLOR_BGR2RGB)
 
 
 def file_sha256(path: Path) -> str:
@@ -79,8 +93,15 @@ def dataset_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def load_images(paths: list[Path], size_wh: tuple[int, int], desc: str) -> np.ndarray:
+def load_images(
+    paths: list[Path],
+    size_wh: tuple[int, int],
+    desc: str,
+    effect: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """Decode+resize all images into one uint8 array (N, H, W, 3), kept in RAM for training."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        images = list(tqdm(pool.map(lambda p: load_rgb(p, size_wh), paths), total=len(paths), desc=desc))
+        images = list(
+            tqdm(pool.map(lambda p: load_rgb(p, size_wh, effect), paths), total=len(paths), desc=desc)
+        )
     return np.stack(images)

@@ -34,12 +34,15 @@ INPUT_STD = 128.0
 
 
 def build_lite0(
-    num_classes: int, input_wh: tuple[int, int] | None = None, dropout: float = 0.2
+    num_classes: int, input_wh: tuple[int, int] | None = None, dropout: float = 0.2, drop_path: float = 0.0
 ) -> keras.Model:
     """Lite0 taking raw RGB pixels in [0, 255] (float), returning logits.
 
     Normalisation is a layer inside the graph so the int8 model's input is the raw uint8 pixel.
     Without `input_wh` the graph accepts any size (training with progressive resizing).
+    `drop_path` is the stochastic-depth rate of the last residual block (EfficientNet's "drop
+    connect", rising linearly from 0 at the first block); it only acts while training, holds no
+    weights, and is left out (0) when building the graph to convert.
     """
     height_width = (input_wh[1], input_wh[0]) if input_wh else (None, None)
     pixels = keras.Input(shape=(*height_width, 3), name="pixels")
@@ -50,10 +53,18 @@ def build_lite0(
 
     in_channels = STEM_CHANNELS
     block_index = 0
+    blocks = sum(repeats for repeats, *_ in STAGES)
     for repeats, kernel, stride, expand, out_channels in STAGES:
         for repeat in range(repeats):
             x = _mbconv(
-                x, block_index, in_channels, out_channels, kernel, stride if repeat == 0 else 1, expand
+                x,
+                block_index,
+                in_channels,
+                out_channels,
+                kernel,
+                stride if repeat == 0 else 1,
+                expand,
+                drop_path * block_index / blocks,
             )
             in_channels = out_channels
             block_index += 1
@@ -67,7 +78,16 @@ def build_lite0(
     return keras.Model(pixels, logits, name="efficientnet_lite0")
 
 
-def _mbconv(x, index: int, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int):
+def _mbconv(
+    x,
+    index: int,
+    in_channels: int,
+    out_channels: int,
+    kernel: int,
+    stride: int,
+    expand: int,
+    drop_path: float = 0.0,
+):
     name = f"block{index}"
     shortcut = x
     if expand != 1:
@@ -82,6 +102,9 @@ def _mbconv(x, index: int, in_channels: int, out_channels: int, kernel: int, str
     x = layers.Conv2D(out_channels, 1, use_bias=False, name=f"{name}_project_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_project_bn")(x)
     if stride == 1 and in_channels == out_channels:
+        if drop_path > 0:
+            # Stochastic depth: drop the whole residual branch per sample (noise over the batch axis only).
+            x = layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name=f"{name}_drop_path")(x)
         x = layers.Add(name=f"{name}_add")([shortcut, x])
     return x
 

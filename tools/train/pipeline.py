@@ -17,6 +17,7 @@ from pathlib import Path
 import data
 import evaluate
 import numpy as np
+import robustness
 from train import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,25 @@ RECIPES = {
     # Same input, a third of the peak learning rate, shorter: does gentler fine-tuning keep more
     # of the ImageNet features?
     "latency-gentle": TrainConfig(phases=[(168, 126, 10)], peak_lr=3e-4, mixup_alpha=0.2, ema_momentum=0.995),
+    # 160x120 (19,200 px) for margin under the 6 ms budget (168x126 measured 6.1-6.3 ms), stochastic
+    # depth against the 99 % train / 91 % val gap, and a 2-epoch whole-frame tail (FixRes).
+    "latency160": TrainConfig(
+        phases=[(128, 96, 4), (160, 120, 14)],
+        mixup_alpha=0.2,
+        ema_momentum=0.995,
+        drop_path=0.2,
+        fixres_epochs=2,
+    ),
+    # latency160 plus camera jitter (white balance, exposure, defocus, noise) for bins whose camera
+    # and light are not TrashNet's.
+    "latency160-camera": TrainConfig(
+        phases=[(128, 96, 4), (160, 120, 14)],
+        mixup_alpha=0.2,
+        ema_momentum=0.995,
+        drop_path=0.2,
+        fixres_epochs=2,
+        camera_jitter=True,
+    ),
 }
 
 
@@ -41,7 +61,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="TrashNet folder with train/ and val/")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "recyclex_edge" / "models")
     parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs" / "model")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="latency")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="latency160")
     parser.add_argument(
         "--epochs", type=int, help="override the recipe: this many epochs, all at its final size"
     )
@@ -208,6 +228,11 @@ def evaluate_shipped(
             "nll": round(float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).mean()), 4),
             "decision_cross_fitted": evaluate.cross_fitted_decision(logits, labels),
             "invoke_ms_p50_1thread": round(classifier.invoke_ms_p50(images[0]), 3),
+            "robustness_top1": robustness.robustness_top1(classifier, val_split, size_wh),
+            "robustness_note": (
+                "int8 top-1 on val photos altered before the resize (tools/train/robustness.py): "
+                "synthetic stand-ins for other cameras and backgrounds, not real photos"
+            ),
             "size_bytes": tflite_path.stat().st_size,
         }
     )

@@ -40,10 +40,33 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # 0 disables; otherwise mixup with Beta(alpha, alpha)
     ema_momentum: float = 0.0  # 0 disables EMA of weights
     crop_area: tuple[float, float] = (0.5, 1.0)
+    # Stochastic depth of the last residual block (0 disables); see lite0_keras.build_lite0.
+    drop_path: float = 0.0
+    # The last this-many epochs of the final phase train on (nearly) whole frames without mixup:
+    # random crops enlarge objects relative to the device's whole-frame squash, and a short tail
+    # at the test-time framing removes that mismatch (Touvron et al. 2019, "FixRes").
+    fixres_epochs: int = 0
+    fixres_crop_area: tuple[float, float] = (0.85, 1.0)
+    # Camera variation TrashNet lacks (one phone, daylight): per-channel white-balance gains,
+    # exposure, sensor noise and slight defocus, each drawn per image.
+    camera_jitter: bool = False
 
     @property
     def epochs(self) -> int:
         return sum(e for _, _, e in self.phases)
+
+    def segments(self) -> list[tuple[int, int, int, tuple[float, float], float]]:
+        """(width, height, epochs, crop area range, mixup alpha) in training order."""
+        segments = [(w, h, e, self.crop_area, self.mixup_alpha) for w, h, e in self.phases]
+        if self.fixres_epochs:
+            width, height, epochs, *_ = segments[-1]
+            if not 0 < self.fixres_epochs <= epochs:
+                raise ValueError(
+                    f"fixres_epochs {self.fixres_epochs} must be within the final phase's {epochs} epochs"
+                )
+            segments[-1] = (width, height, epochs - self.fixres_epochs, self.crop_area, self.mixup_alpha)
+            segments.append((width, height, self.fixres_epochs, self.fixres_crop_area, 0.0))
+        return [segment for segment in segments if segment[2] > 0]
 
     @property
     def input_wh(self) -> tuple[int, int]:
@@ -57,7 +80,12 @@ class TrainConfig:
 
 
 def augment(
-    image: tf.Tensor, label: tf.Tensor, seeds: tf.Tensor, size_wh: tuple[int, int], config: TrainConfig
+    image: tf.Tensor,
+    label: tf.Tensor,
+    seeds: tf.Tensor,
+    size_wh: tuple[int, int],
+    crop_area: tuple[float, float],
+    config: TrainConfig,
 ):
     """Random crop + flips + mild photometric jitter, all stateless so a seed fixes the run."""
     seed = tf.cast(seeds, tf.int32)
@@ -69,7 +97,7 @@ def augment(
         seed=seed,
         min_object_covered=0.0,
         aspect_ratio_range=(0.75 * aspect, 1.33 * aspect),
-        area_range=config.crop_area,
+        area_range=crop_area,
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
@@ -80,7 +108,23 @@ def augment(
     x = tf.image.stateless_random_brightness(x, 0.1 * 255.0, seed=seed + 3)
     x = tf.image.stateless_random_contrast(x, 0.85, 1.15, seed=seed + 4)
     x = tf.image.stateless_random_saturation(x, 0.85, 1.15, seed=seed + 5)
+    if config.camera_jitter:
+        x = camera_jitter(x, seed + 6, size_wh)
     return tf.clip_by_value(x, 0.0, 255.0), tf.one_hot(label, len(data.LABELS))
+
+
+def camera_jitter(x: tf.Tensor, seed: tf.Tensor, size_wh: tuple[int, int]) -> tf.Tensor:
+    """A different camera and light: white balance, exposure, defocus and noise, all stateless."""
+    gains = tf.random.stateless_uniform([3], seed=seed, minval=0.8, maxval=1.2)
+    exposure = tf.random.stateless_uniform([], seed=seed + 1, minval=0.6, maxval=1.15)
+    x = x * gains * exposure
+    # Defocus on a third of the images: down- then up-sampling by up to 2x softens like a lens blur.
+    blur = tf.random.stateless_uniform([], seed=seed + 2, minval=1.0, maxval=2.0)
+    blurred_hw = tf.cast(tf.cast([size_wh[1], size_wh[0]], tf.float32) / blur, tf.int32)
+    soft = tf.image.resize(tf.image.resize(x, blurred_hw, antialias=True), (size_wh[1], size_wh[0]))
+    x = tf.where(tf.random.stateless_uniform([], seed=seed + 3) < 1 / 3, soft, x)
+    sigma = tf.random.stateless_uniform([], seed=seed + 4, minval=0.0, maxval=8.0)
+    return x + sigma * tf.random.stateless_normal(tf.shape(x), seed=seed + 5)
 
 
 def mixup(images: tf.Tensor, labels: tf.Tensor, seeds: tf.Tensor, alpha: float):
@@ -95,7 +139,13 @@ def mixup(images: tf.Tensor, labels: tf.Tensor, seeds: tf.Tensor, alpha: float):
 
 
 def make_dataset(
-    images: np.ndarray, labels: np.ndarray, size_wh: tuple[int, int], config: TrainConfig, phase: int
+    images: np.ndarray,
+    labels: np.ndarray,
+    size_wh: tuple[int, int],
+    crop_area: tuple[float, float],
+    mixup_alpha: float,
+    config: TrainConfig,
+    phase: int,
 ) -> tf.data.Dataset:
     n = len(images)
     base = (
@@ -105,13 +155,15 @@ def make_dataset(
     )
     seeds = tf.data.Dataset.random(seed=config.seed * 1000 + phase).batch(2)
     ds = tf.data.Dataset.zip((base, seeds)).map(
-        lambda xy, s: augment(xy[0], xy[1], s, size_wh, config), num_parallel_calls=2, deterministic=True
+        lambda xy, s: augment(xy[0], xy[1], s, size_wh, crop_area, config),
+        num_parallel_calls=2,
+        deterministic=True,
     )
     ds = ds.batch(config.batch_size, drop_remainder=True)
-    if config.mixup_alpha > 0:
+    if mixup_alpha > 0:
         batch_seeds = tf.data.Dataset.random(seed=config.seed * 1000 + 500 + phase).batch(2)
         ds = tf.data.Dataset.zip((ds, batch_seeds)).map(
-            lambda xy, s: mixup(xy[0], xy[1], s, config.mixup_alpha), num_parallel_calls=1, deterministic=True
+            lambda xy, s: mixup(xy[0], xy[1], s, mixup_alpha), num_parallel_calls=1, deterministic=True
         )
     return ds.prefetch(2)
 
@@ -155,7 +207,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_model(config: TrainConfig, backbone_npz: Path) -> keras.Model:
-    model = lite0_keras.build_lite0(len(data.LABELS), dropout=config.dropout)
+    model = lite0_keras.build_lite0(len(data.LABELS), dropout=config.dropout, drop_path=config.drop_path)
     lite0_keras.load_imagenet_backbone(model, backbone_npz)
     return model
 
@@ -197,12 +249,17 @@ def train(
     # One fit() over the concatenated phases: fit() swaps the EMA weights in when it returns, so
     # a fit() per phase would restart later phases from the averaged weights.
     ds = None
-    for phase, (width, height, epochs) in enumerate(config.phases):
-        phase_ds = make_dataset(images, train_split.labels, (width, height), config, phase).take(
-            epochs * steps_per_epoch
-        )
+    segments = config.segments()
+    for phase, (width, height, epochs, crop_area, mixup_alpha) in enumerate(segments):
+        phase_ds = make_dataset(
+            images, train_split.labels, (width, height), crop_area, mixup_alpha, config, phase
+        ).take(epochs * steps_per_epoch)
         ds = phase_ds if ds is None else ds.concatenate(phase_ds)
-    sizes = [f"{width}x{height}" for width, height, epochs in config.phases for _ in range(epochs)]
+    sizes = [
+        f"{width}x{height}" + (" whole-frame" if crop_area == config.fixres_crop_area else "")
+        for width, height, epochs, crop_area, _ in segments
+        for _ in range(epochs)
+    ]
     started = time.monotonic()
     fit = model.fit(
         ds,
