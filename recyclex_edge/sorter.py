@@ -102,6 +102,11 @@ class FillLevel:
         return max(0.0, min(100.0, 100.0 * (self.empty_distance_m - distance_m) / span_m))
 
     def close(self) -> None:
+        # gpiozero's DistanceSensor.close() drops its trigger pin before it stops the thread that
+        # pulses it, and that thread then dies with an AttributeError: stop the thread first.
+        queue = self._sensor._queue
+        if queue.is_alive():
+            queue.stop()
         self._sensor.close()
 
     def __enter__(self) -> FillLevel:
