@@ -105,7 +105,7 @@ async def soak_for(overrides: list[str], minutes: float) -> dict[str, Any]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=20)
-    parser.add_argument("--soak-items", type=int, default=720)
+    parser.add_argument("--soak-items", type=int, default=720, help="0 measures the latency only")
     parser.add_argument(
         "--soak-minutes",
         type=float,
@@ -145,6 +145,9 @@ async def main() -> None:
         ),
         "burst_frames": events[0]["timing"]["frames"],
     }
+    if args.soak_items <= 0:  # latency only
+        print(json.dumps(report, indent=2))
+        return
 
     marks: dict[str, float] = {}
     warm_items = min(60, args.soak_items // 4)
