@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import statistics
+import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -103,6 +104,9 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.mqtt: MqttBridge | None = None
         self.app: web.Application | None = None
+        self._sinks: list[EventSink] = []
+        # reload-model comes from MQTT's thread or the technician page; one at a time.
+        self._reload_lock = threading.Lock()
         self.started = asyncio.Event()
         self.stopped = asyncio.Event()
         self._stop = asyncio.Event()
@@ -250,33 +254,37 @@ class Daemon:
         """Load the model file again (an operator replaced it) and switch the pipeline and the API to it.
 
         The new model is loaded and checked before anything switches: a bad file leaves the running
-        model in place and answers with the reason.
+        model in place and answers with the reason. If the model failed to load at start-up, a good
+        file now starts the sorting pipeline and the predict endpoints without a restart.
         """
-        if self.classifier is None or self.app is None:
-            raise RecycleXError(
-                "the model failed to load at start-up, so nothing is running to switch; fix model.path and "
-                "restart the service (systemctl restart recyclex-edge)"
-            )
+        with self._reload_lock:
+            if self.app is None or self._stop.is_set():
+                raise RecycleXError("the bin is starting or stopping; try again in a moment")
+            return self._reload_model(self.app)
+
+    def _reload_model(self, app: web.Application) -> dict[str, Any]:
         classifier = Classifier(
             self.config.model.path,
             num_threads=self.config.model.num_threads,
             pool_size=self.config.model.pool_size,
         )
-        if classifier.labels != self.classifier.labels:
+        running = self.classifier
+        if running is not None and classifier.labels != running.labels:
             raise RecycleXError(
                 f"the new model's labels {list(classifier.labels)} differ from the running model's "
-                f"{list(self.classifier.labels)}; sorter.bins and dashboards expect the old ones: "
+                f"{list(running.labels)}; sorter.bins and dashboards expect the old ones: "
                 "restart the service instead"
             )
         policy = ConfidencePolicy.for_model(classifier, self.config.decision)
+        self.classifier = classifier
         if self.pipeline is not None:
             self.pipeline.use_classifier(classifier, policy)
-        service = self.app[INFERENCE]
-        if service is not None:
-            service.use_classifier(classifier, policy)
-        self.classifier = classifier
+        else:
+            self._start_pipeline(self._sinks)  # a no-op while the camera or detector is missing
+        app[INFERENCE].use_classifier(classifier, policy)
         card = classifier.card
-        detail = f"{card.name} {card.version} reloaded (sha256 {card.sha256[:12]})"
+        verb = "reloaded" if running is not None else "loaded (it had failed at start-up)"
+        detail = f"{card.name} {card.version} {verb} (sha256 {card.sha256[:12]})"
         self.health.report("classifier", Status.OK, detail)
         log.info("model reloaded: %s", detail)
         return {"model": {"name": classifier.card.name, "version": classifier.card.version}}
@@ -391,7 +399,8 @@ class Daemon:
         self._start_mqtt()
         # The outbox first: an event counts as produced once it is durable.
         sinks: list[EventSink] = [self.mqtt.submit_event] if self.mqtt is not None else []
-        self._start_pipeline(sinks=[*sinks, hub.publish])
+        self._sinks = [*sinks, hub.publish]
+        self._start_pipeline(self._sinks)
 
         runner = web.AppRunner(
             self.app,
@@ -433,8 +442,9 @@ class Daemon:
 
     def _stop_stages(self) -> None:
         """Reverse order of start. Blocking (joins threads, homes the servo): run off the event loop."""
-        if self.pipeline is not None:
-            self.pipeline.stop()
+        with self._reload_lock:  # a reload in progress may still be starting the pipeline
+            if self.pipeline is not None:
+                self.pipeline.stop()
         if self.detector is not None:
             self.detector.close()
         if self.camera is not None:

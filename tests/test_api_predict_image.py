@@ -195,7 +195,8 @@ async def test_a_full_inference_queue_answers_503_with_retry_after_but_cached_an
     api_client, shipped_classifier, openapi_validator
 ) -> None:
     client = await api_client("http.max_pending_inferences=1", "http.retry_after_s=3")
-    service = client.app[INFERENCE]
+    service = client.app[INFERENCE].service
+    assert service is not None
     cached = photo_bytes("glass", 1)
     assert (await client.post("/predict/image", data=cached, headers=raw("image/jpeg"))).status == 200
 
@@ -225,7 +226,8 @@ async def test_the_request_deadline_answers_503_and_the_queue_count_stays_truthf
     api_client, shipped_classifier
 ) -> None:
     client = await api_client("http.request_timeout_s=0.2")
-    service = client.app[INFERENCE]
+    service = client.app[INFERENCE].service
+    assert service is not None
     with ExitStack() as held:
         for _ in range(shipped_classifier.pool_size):
             held.enter_context(shipped_classifier._runner())

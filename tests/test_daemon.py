@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,12 +26,15 @@ from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config, load_config
 from recyclex_edge.daemon import Daemon
 from recyclex_edge.decision import UNCERTAIN
+from recyclex_edge.errors import RecycleXError
+from recyclex_edge.model_card import SHIPPED_MODEL, card_path_for, sha256_of
 from tests.conftest import val_photos
 from tests.mqtt.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SERVO_PIN = 18
 ANGLES = {"cardboard": -75.0, "glass": -45.0, "metal": -15.0, "paper": 15.0, "plastic": 45.0, "trash": 75.0}
+JPEG = {"Content-Type": "image/jpeg"}
 RELAYS = {"cardboard": 5, "glass": 6, "metal": 13, "paper": 19, "plastic": 26, "trash": 21}
 
 
@@ -263,6 +267,45 @@ async def test_a_model_that_fails_to_load_leaves_the_bin_serving_health(
     assert body["components"]["classifier"]["status"] == "failing"
     assert "card" in body["components"]["classifier"]["detail"]
     assert body["components"]["sorter"]["status"] == "ok", "the flaps were still put in their safe state"
+
+
+async def test_reload_model_after_a_failed_start_starts_sorting_without_a_restart(
+    tmp_path: Path, run_daemon: Any
+) -> None:
+    import aiohttp
+
+    photos = photo_folder(tmp_path, ["paper"])
+    model = tmp_path / "model" / SHIPPED_MODEL.name
+    model.parent.mkdir()
+    model.write_bytes(b"a botched copy")
+    shutil.copy(card_path_for(SHIPPED_MODEL), card_path_for(model))
+    config = bin_config(tmp_path, photos, f"model.path={model}")
+    daemon = await run_daemon(config)
+    base = f"http://127.0.0.1:{config.http.port}"
+    photo = val_photos("glass")[0].read_bytes()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/predict/image", data=photo, headers=JPEG) as response:
+            assert response.status == 503 and "not loaded" in (await response.json())["error"]
+        with pytest.raises(RecycleXError, match="does not match its card"):
+            await asyncio.to_thread(daemon._command_reload_model, {})
+        assert daemon.pipeline is None and daemon.classifier is None
+
+        shutil.copy(SHIPPED_MODEL, model)  # the technician fixes the file
+        answer = await asyncio.to_thread(daemon._command_reload_model, {})
+        assert answer["model"]["name"] == "trashnet-efficientnet-lite0"
+        assert daemon.pipeline is not None, "the sorting pipeline starts with the model"
+        events = await next_events(daemon, 1, timeout_s=60)
+        assert events[0]["model"]["name"] == "trashnet-efficientnet-lite0"
+        async with session.get(f"{base}/health") as response:
+            health = await response.json()
+        classifier = health["components"]["classifier"]
+        assert classifier["status"] == "ok" and "failed at start-up" in classifier["detail"]
+        assert health["model"]["sha256"] == sha256_of(model)
+        async with session.post(f"{base}/predict/image", data=photo, headers=JPEG) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["class"] == "glass"
+        async with session.get(f"{base}/metrics") as response:
+            assert f'sha256="{sha256_of(model)}"' in await response.text()
 
 
 def test_tools_demo_runs_the_daemon_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

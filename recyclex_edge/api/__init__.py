@@ -19,7 +19,7 @@ from recyclex_edge.api.access_log import ACCESS_LOG, AccessLogger
 from recyclex_edge.api.auth import Authenticator, RoutePolicy
 from recyclex_edge.api.cache import ResultCache
 from recyclex_edge.api.errors import error_middleware
-from recyclex_edge.api.inference import InferenceService
+from recyclex_edge.api.inference import InferenceService, InferenceSlot
 from recyclex_edge.api.keys import (
     AUTHENTICATOR,
     CLASSIFIER,
@@ -116,29 +116,32 @@ async def _uploads_ctx(app: web.Application) -> AsyncIterator[None]:
 def _inference_ctx(
     policy: ConfidencePolicy | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The inference service (its worker threads) lives from start-up to clean-up."""
+    """The inference service (its worker threads) lives from start-up (or the first model loaded
+    by reload-model) to clean-up."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        classifier = app[CLASSIFIER]
-        if classifier is None or policy is None:
-            app[INFERENCE] = None
-            yield
-            return
         http = app[CONFIG].http
-        service = InferenceService(
-            classifier,
-            policy,
-            app[METRICS],
-            ResultCache(http.cache.max_entries, http.cache.ttl_s) if http.cache.enabled else None,
-            max_pending=http.max_pending_inferences,
-            max_pixels=http.max_pixels,
-            retry_after_s=http.retry_after_s,
-        )
-        app[INFERENCE] = service
+
+        def start(classifier: Classifier, policy: ConfidencePolicy) -> InferenceService:
+            return InferenceService(
+                classifier,
+                policy,
+                app[METRICS],
+                ResultCache(http.cache.max_entries, http.cache.ttl_s) if http.cache.enabled else None,
+                max_pending=http.max_pending_inferences,
+                max_pixels=http.max_pixels,
+                retry_after_s=http.retry_after_s,
+            )
+
+        slot = InferenceSlot(start)
+        classifier = app[CLASSIFIER]
+        if classifier is not None and policy is not None:
+            slot.use_classifier(classifier, policy)
+        app[INFERENCE] = slot
         try:
             yield
         finally:
-            await service.close()
+            await slot.close()
 
     return ctx
 
@@ -174,7 +177,7 @@ def build_app(config: Config, classifier: Classifier | None, health: HealthRegis
     app[HEALTH] = health
     app[CLASSIFIER] = classifier
     app[EVENTS] = EventHub(http.live.event_queue_size)
-    app[METRICS] = Metrics(classifier.card if classifier is not None else None)
+    app[METRICS] = Metrics()
     app[AUTHENTICATOR] = authenticator
     app[RATE_LIMITER] = _rate_limiter(http)
     app[ROUTE_POLICIES] = _route_policies(http)

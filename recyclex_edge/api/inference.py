@@ -87,6 +87,7 @@ class InferenceService:
         self.classifier = classifier
         self.policy = policy
         self._metrics = metrics
+        metrics.set_model(classifier.card)
         self._cache = cache
         self.max_pending = max_pending
         self._max_pixels = max_pixels
@@ -100,6 +101,7 @@ class InferenceService:
         """Serve a reloaded model from now on. Jobs already running finish on the old one; cached
         answers are keyed by model version, so none of the old model's is served for the new one."""
         self.classifier, self.policy = classifier, policy
+        self._metrics.set_model(classifier.card)
 
     @property
     def pending(self) -> int:
@@ -167,3 +169,22 @@ class InferenceService:
         for sample in samples:
             self._record(sample.classification)
         return samples
+
+
+class InferenceSlot:
+    """Where the API finds its inference service: empty while no model is loaded (the predict
+    endpoints answer 503), filled at start-up or by a later reload-model, closed at clean-up."""
+
+    def __init__(self, start: Callable[[Classifier, ConfidencePolicy], InferenceService]) -> None:
+        self._start = start
+        self.service: InferenceService | None = None
+
+    def use_classifier(self, classifier: Classifier, policy: ConfidencePolicy) -> None:
+        if self.service is None:
+            self.service = self._start(classifier, policy)
+        else:
+            self.service.use_classifier(classifier, policy)
+
+    async def close(self) -> None:
+        if self.service is not None:
+            await self.service.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from recyclex_edge.api.auth import Authenticator, Identity, RoutePolicy
-from recyclex_edge.api.inference import InferenceService
+from recyclex_edge.api.inference import InferenceSlot
 from recyclex_edge.api.metrics import Metrics
 from recyclex_edge.api.ratelimit import RateLimiter
 from recyclex_edge.classifier import Classifier
@@ -21,8 +21,8 @@ METRICS = web.AppKey("metrics", Metrics)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 ROUTE_POLICIES = web.AppKey[dict[str, RoutePolicy]]("route_policies")
-# Set by the cleanup context: None while the classifier is missing (predict endpoints answer 503).
-INFERENCE = web.AppKey[InferenceService | None]("inference")
+# Set by the cleanup context; its service is None while no classifier is loaded (predict answers 503).
+INFERENCE = web.AppKey("inference", InferenceSlot)
 STARTED_MONOTONIC = web.AppKey("started_monotonic", float)
 LIVE_SOCKETS = web.AppKey[set[web.WebSocketResponse]]("live_sockets")
 

@@ -28,7 +28,7 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, card: ModelCard | None) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -80,9 +80,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        model = Info("recyclex_model", "The loaded model.", registry=self.registry)
-        if card is not None:
-            model.info({"name": card.name, "version": card.version, "sha256": card.sha256})
+        # Empty until a model is loaded: the inference service names it (again on reload-model).
+        self._model = Info("recyclex_model", "The loaded model.", registry=self.registry)
+
+    def set_model(self, card: ModelCard) -> None:
+        """Name the model in use (again after reload-model)."""
+        self._model.info({"name": card.name, "version": card.version, "sha256": card.sha256})
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -39,7 +39,7 @@ api_routes = web.RouteTableDef()
 
 
 def _service(request: web.Request) -> InferenceService:
-    service = request.app[INFERENCE]
+    service = request.app[INFERENCE].service
     if service is None:
         raise ApiError(
             503,
@@ -56,7 +56,7 @@ def _model_identity(card: ModelCard) -> dict[str, str]:
 @api_routes.get("/health")
 async def health(request: web.Request) -> web.Response:
     registry = request.app[HEALTH]
-    service = request.app[INFERENCE]
+    service = request.app[INFERENCE].service
     # The service holds the model in use (it changes on reload-model); without one, whatever loaded.
     classifier = service.classifier if service is not None else request.app[CLASSIFIER]
     overall = registry.overall()
