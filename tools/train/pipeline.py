@@ -47,6 +47,12 @@ RECIPES = {
     # latency160 plus camera jitter (white balance, exposure, defocus, noise) for bins whose camera
     # and light are not TrashNet's.
     "latency160-camera": dataclasses.replace(LATENCY160, camera_jitter=True),
+    # latency160 at 224x168: twice the pixels, over the 6 ms budget. It measures how much input
+    # resolution is worth here, and is the teacher candidate for distillation into latency160.
+    "teacher224": dataclasses.replace(LATENCY160, phases=[(128, 96, 4), (224, 168, 14)]),
+    # latency160 taught by teacher224 in its 160x120 phase: the deployed size and speed, with
+    # targets that say how much of each class the teacher sees in every random crop.
+    "latency160-distilled": dataclasses.replace(LATENCY160, teacher="teacher224", distill_weight=0.7),
 }
 
 
@@ -113,7 +119,13 @@ def main() -> None:
     backbone_npz = port_weights.ensure_ported(CACHE_DIR)
     weights = run_dir / "model.weights.h5"
     if not args.skip_train:
-        train.train(config, train_split, val_split, backbone_npz, run_dir)
+        teacher = None
+        if config.teacher:
+            teacher_weights = ensure_teacher(config, train_split, val_split, backbone_npz)
+            teacher = train.Teacher.load(
+                teacher_weights, RECIPES[config.teacher].input_wh, config.distill_weight
+            )
+        train.train(config, train_split, val_split, backbone_npz, run_dir, teacher)
     history = json.loads((run_dir / "history.json").read_text())
 
     calibration = calibration_images(train_split, config.input_wh, config.seed)
@@ -162,6 +174,13 @@ def main() -> None:
                 "with bias correction of the int8 weight rounding (convert.py). Temperature and "
                 "threshold are fitted on val (see decision.chosen_on); "
                 "metrics.decision_cross_fitted is the honest 2-fold estimate of that procedure on val."
+                + (
+                    f" Distilled: in the final phase each target is {config.distill_weight:g} x the "
+                    f"probabilities of recipe {config.teacher}'s float model (same seed, trained first "
+                    "by the same command) on the same crop, plus the rest from the label."
+                    if config.teacher
+                    else ""
+                )
             ),
         },
         "license": "Apache-2.0 base weights; TrashNet data MIT (Gary Thung)",
@@ -169,6 +188,24 @@ def main() -> None:
     card = evaluate_shipped(tmp_tflite, val_split, config.input_wh, weights, card)
     tmp_tflite.rename(tflite_path)
     write_card(card_path, tflite_path, card, docs_dir)
+
+
+def ensure_teacher(
+    config: TrainConfig, train_split: data.Split, val_split: data.Split, backbone_npz: Path
+) -> Path:
+    """The teacher recipe's float weights for this seed, trained first if the cache lacks them,
+    so one command still rebuilds a distilled model from nothing."""
+    import train
+
+    teacher_config = dataclasses.replace(RECIPES[config.teacher], seed=config.seed)
+    if teacher_config.teacher:
+        raise SystemExit(f"teacher recipe {config.teacher} has a teacher itself; chains are not supported")
+    teacher_dir = CACHE_DIR / "runs" / f"{config.teacher}-seed{config.seed}"
+    weights = teacher_dir / "model.weights.h5"
+    if not weights.exists():
+        print(f"training the teacher, recipe {config.teacher}, into {teacher_dir}")
+        train.train(teacher_config, train_split, val_split, backbone_npz, teacher_dir)
+    return weights
 
 
 def reproduce_command(args: argparse.Namespace) -> str:

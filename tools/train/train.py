@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import data
 import keras
@@ -23,6 +24,18 @@ from tqdm import tqdm
 # Training crops are cut from a squash-resize this much larger than the final input, so random
 # crops still see most of the frame at about the resolution the runtime squash gives.
 CACHE_MARGIN = 1.15
+
+
+class Segment(NamedTuple):
+    """A stretch of epochs trained the same way."""
+
+    width: int
+    height: int
+    epochs: int
+    crop_area: tuple[float, float]
+    mixup_alpha: float
+    final: bool = False  # part of the last phase (the deployed size): where a teacher teaches
+    whole_frame: bool = False  # the FixRes tail
 
 
 @dataclass
@@ -50,47 +63,90 @@ class TrainConfig:
     # Camera variation TrashNet lacks (one phone, daylight): per-channel white-balance gains,
     # exposure, sensor noise and slight defocus, each drawn per image.
     camera_jitter: bool = False
+    # Knowledge distillation: the recipe (same seed) whose trained model teaches this one, and the
+    # teacher's share of each target in the final phase. 0 trains on the labels alone.
+    teacher: str = ""
+    distill_weight: float = 0.0
 
     @property
     def epochs(self) -> int:
         return sum(e for _, _, e in self.phases)
 
-    def segments(self) -> list[tuple[int, int, int, tuple[float, float], float]]:
-        """(width, height, epochs, crop area range, mixup alpha) in training order."""
-        segments = [(w, h, e, self.crop_area, self.mixup_alpha) for w, h, e in self.phases]
+    def segments(self) -> list[Segment]:
+        """The phases in training order, the final one split off its whole-frame tail."""
+        last = len(self.phases) - 1
+        segments = [
+            Segment(w, h, e, self.crop_area, self.mixup_alpha, final=i == last)
+            for i, (w, h, e) in enumerate(self.phases)
+        ]
         if self.fixres_epochs:
-            width, height, epochs, *_ = segments[-1]
-            if not 0 < self.fixres_epochs <= epochs:
+            final = segments[-1]
+            if not 0 < self.fixres_epochs <= final.epochs:
                 raise ValueError(
-                    f"fixres_epochs {self.fixres_epochs} must be within the final phase's {epochs} epochs"
+                    f"fixres_epochs {self.fixres_epochs} must be within the final phase's "
+                    f"{final.epochs} epochs"
                 )
-            segments[-1] = (width, height, epochs - self.fixres_epochs, self.crop_area, self.mixup_alpha)
-            segments.append((width, height, self.fixres_epochs, self.fixres_crop_area, 0.0))
-        return [segment for segment in segments if segment[2] > 0]
+            segments[-1] = final._replace(epochs=final.epochs - self.fixres_epochs)
+            tail = final._replace(epochs=self.fixres_epochs, crop_area=self.fixres_crop_area)
+            segments.append(tail._replace(mixup_alpha=0.0, whole_frame=True))
+        return [segment for segment in segments if segment.epochs > 0]
 
     @property
     def input_wh(self) -> tuple[int, int]:
         width, height, _ = self.phases[-1]
         return width, height
 
-    @property
-    def cache_wh(self) -> tuple[int, int]:
-        width, height = self.input_wh
+    def cache_wh(self, teacher_wh: tuple[int, int] | None = None) -> tuple[int, int]:
+        """The decoded-image size crops are cut from: a margin over the largest size trained on."""
+        width, height = max(self.input_wh, teacher_wh or (0, 0))
         return round(width * CACHE_MARGIN), round(height * CACHE_MARGIN)
+
+
+@dataclass
+class Teacher:
+    """A trained float model whose probabilities become part of the student's targets."""
+
+    model: keras.Model
+    input_wh: tuple[int, int]
+    weight: float
+
+    @classmethod
+    def load(cls, weights: Path, input_wh: tuple[int, int], weight: float) -> Teacher:
+        if not 0 < weight <= 1:
+            raise ValueError(f"distill_weight {weight} must be in (0, 1]")
+        model = lite0_keras.build_lite0(len(data.LABELS))
+        model.load_weights(weights)
+        model.trainable = False
+        return cls(model, input_wh, weight)
+
+    def blend(self, views: tuple[tf.Tensor, tf.Tensor], targets: tf.Tensor):
+        """(student view, teacher view) of one batch -> the student view with blended targets.
+
+        Both views are the same crop, flip, jitter and mixup, each resized once from the cache
+        to its own size ("consistent teaching", Beyer et al. 2022), so the teacher's
+        probabilities describe the picture the student is graded on, at the student's sharpness.
+        """
+        student, teacher = views
+        probs = tf.nn.softmax(self.model(teacher, training=False))
+        return student, (1 - self.weight) * targets + self.weight * probs
 
 
 def augment(
     image: tf.Tensor,
     label: tf.Tensor,
     seeds: tf.Tensor,
-    size_wh: tuple[int, int],
+    sizes_wh: list[tuple[int, int]],
     crop_area: tuple[float, float],
+    aspect: float,
     config: TrainConfig,
 ):
-    """Random crop + flips + mild photometric jitter, all stateless so a seed fixes the run."""
+    """Random crop + flips + mild photometric jitter, all stateless so a seed fixes the run.
+
+    One view per size in `sizes_wh`, all of the same crop and jitter; a lone view is returned
+    as a tensor, several as a tuple.
+    """
     seed = tf.cast(seeds, tf.int32)
-    # Crop aspect ratios vary around the input's own, since the cache already has that aspect.
-    aspect = config.cache_wh[0] / config.cache_wh[1]
+    # Crop aspect ratios vary around the cache's own (`aspect`), the input's up to rounding.
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
@@ -101,8 +157,15 @@ def augment(
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
-    x = tf.slice(image, begin, crop_size)
-    x = tf.image.resize(tf.cast(x, tf.float32), (size_wh[1], size_wh[0]), antialias=True)
+    crop = tf.cast(tf.slice(image, begin, crop_size), tf.float32)
+    views = tuple(
+        jitter(tf.image.resize(crop, (height, width), antialias=True), seed, (width, height), config)
+        for width, height in sizes_wh
+    )
+    return views[0] if len(views) == 1 else views, tf.one_hot(label, len(data.LABELS))
+
+
+def jitter(x: tf.Tensor, seed: tf.Tensor, size_wh: tuple[int, int], config: TrainConfig) -> tf.Tensor:
     x = tf.image.stateless_random_flip_left_right(x, seed=seed + 1)
     x = tf.image.stateless_random_flip_up_down(x, seed=seed + 2)
     x = tf.image.stateless_random_brightness(x, 0.1 * 255.0, seed=seed + 3)
@@ -110,7 +173,7 @@ def augment(
     x = tf.image.stateless_random_saturation(x, 0.85, 1.15, seed=seed + 5)
     if config.camera_jitter:
         x = camera_jitter(x, seed + 6, size_wh)
-    return tf.clip_by_value(x, 0.0, 255.0), tf.one_hot(label, len(data.LABELS))
+    return tf.clip_by_value(x, 0.0, 255.0)
 
 
 def camera_jitter(x: tf.Tensor, seed: tf.Tensor, size_wh: tuple[int, int]) -> tf.Tensor:
@@ -133,9 +196,11 @@ def mixup(images: tf.Tensor, labels: tf.Tensor, seeds: tf.Tensor, alpha: float):
     g1 = tf.random.stateless_gamma([], seed=seed, alpha=alpha)
     g2 = tf.random.stateless_gamma([], seed=seed + 7, alpha=alpha)
     lam = g1 / (g1 + g2)
-    return lam * images + (1 - lam) * tf.reverse(images, [0]), lam * labels + (1 - lam) * tf.reverse(
-        labels, [0]
-    )
+
+    def mix(x: tf.Tensor) -> tf.Tensor:
+        return lam * x + (1 - lam) * tf.reverse(x, [0])
+
+    return tf.nest.map_structure(mix, images), mix(labels)
 
 
 def make_dataset(
@@ -146,8 +211,13 @@ def make_dataset(
     mixup_alpha: float,
     config: TrainConfig,
     phase: int,
+    teacher: Teacher | None = None,
 ) -> tf.data.Dataset:
+    """Augmented, batched (image, target) pairs at `size_wh`; with a teacher, the targets are
+    blended with its probabilities on the same crops at its own size."""
     n = len(images)
+    sizes_wh = [size_wh, teacher.input_wh] if teacher else [size_wh]
+    aspect = images.shape[2] / images.shape[1]
     base = (
         tf.data.Dataset.from_tensor_slices((images, labels))
         .shuffle(n, seed=config.seed + phase, reshuffle_each_iteration=True)
@@ -155,7 +225,7 @@ def make_dataset(
     )
     seeds = tf.data.Dataset.random(seed=config.seed * 1000 + phase).batch(2)
     ds = tf.data.Dataset.zip((base, seeds)).map(
-        lambda xy, s: augment(xy[0], xy[1], s, size_wh, crop_area, config),
+        lambda xy, s: augment(xy[0], xy[1], s, sizes_wh, crop_area, aspect, config),
         num_parallel_calls=2,
         deterministic=True,
     )
@@ -165,6 +235,8 @@ def make_dataset(
         ds = tf.data.Dataset.zip((ds, batch_seeds)).map(
             lambda xy, s: mixup(xy[0], xy[1], s, mixup_alpha), num_parallel_calls=1, deterministic=True
         )
+    if teacher:
+        ds = ds.map(teacher.blend, num_parallel_calls=1, deterministic=True)
     return ds.prefetch(2)
 
 
@@ -213,15 +285,23 @@ def build_model(config: TrainConfig, backbone_npz: Path) -> keras.Model:
 
 
 def train(
-    config: TrainConfig, train_split: data.Split, val_split: data.Split, backbone_npz: Path, run_dir: Path
+    config: TrainConfig,
+    train_split: data.Split,
+    val_split: data.Split,
+    backbone_npz: Path,
+    run_dir: Path,
+    teacher: Teacher | None = None,
 ) -> Path:
     """Train and write `run_dir/model.weights.h5` (+ history.json); returns the weights path.
 
     Val accuracy is logged per epoch to show the learning curve only: nothing (epoch, weights)
-    is selected on it.
+    is selected on it. A teacher teaches in the final phase (and its whole-frame tail) only:
+    the early low-resolution epochs are cheap, and a teacher forward pass there would double them.
     """
     keras.utils.set_random_seed(config.seed)
-    images = data.load_images(train_split.paths, config.cache_wh, "decode train")
+    images = data.load_images(
+        train_split.paths, config.cache_wh(teacher.input_wh if teacher else None), "decode train"
+    )
     val_images = data.load_images(val_split.paths, config.input_wh, "decode val").astype(np.float32)
     val_targets = keras.utils.to_categorical(val_split.labels, len(data.LABELS))
     model = build_model(config, backbone_npz)
@@ -250,15 +330,24 @@ def train(
     # a fit() per phase would restart later phases from the averaged weights.
     ds = None
     segments = config.segments()
-    for phase, (width, height, epochs, crop_area, mixup_alpha) in enumerate(segments):
+    for phase, segment in enumerate(segments):
         phase_ds = make_dataset(
-            images, train_split.labels, (width, height), crop_area, mixup_alpha, config, phase
-        ).take(epochs * steps_per_epoch)
+            images,
+            train_split.labels,
+            (segment.width, segment.height),
+            segment.crop_area,
+            segment.mixup_alpha,
+            config,
+            phase,
+            teacher if segment.final else None,
+        ).take(segment.epochs * steps_per_epoch)
         ds = phase_ds if ds is None else ds.concatenate(phase_ds)
     sizes = [
-        f"{width}x{height}" + (" whole-frame" if crop_area == config.fixres_crop_area else "")
-        for width, height, epochs, crop_area, _ in segments
-        for _ in range(epochs)
+        f"{segment.width}x{segment.height}"
+        + (" whole-frame" if segment.whole_frame else "")
+        + (" distilled" if teacher and segment.final else "")
+        for segment in segments
+        for _ in range(segment.epochs)
     ]
     started = time.monotonic()
     fit = model.fit(
