@@ -15,6 +15,10 @@ Failures never stop the bin from sorting:
   and published from there if the broker is reachable; they are moved into the file at the next
   successful write. Health reports `failing` while that lasts, because those events would not survive
   a power cut.
+- a file that cannot be opened at start (state directory missing or not mounted yet, disk full) is
+  tried again every `reopen_interval_s`; once it opens, its rows from before the restart go first and
+  the events held in memory are written after them, renumbered. Renumbering starts a new
+  `generation`: rows from an older one are never acknowledged (they are sent again, a duplicate).
 
 Example::
 
@@ -22,7 +26,7 @@ Example::
     outbox.append(event_id, json_bytes)          # durable once this returns
     for row in outbox.pending(after_seq=0, limit=50):
         ...publish row.payload, then later...
-    outbox.ack([row.seq])
+    outbox.ack([row])
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,6 +51,9 @@ HEALTH_COMPONENT = "outbox"
 # While the file cannot be written, events wait in memory; this bounds that queue. At one deposit every
 # few seconds it covers well over an hour of a full disk, and costs well under a megabyte.
 MEMORY_FALLBACK_MAX_ROWS = 1000
+
+# How often a file that could not be opened is tried again (while events wait in memory).
+REOPEN_INTERVAL_S = 30.0
 
 # Quarantined corrupt files kept for a technician to inspect; older ones are deleted.
 _KEEP_CORRUPT_FILES = 2
@@ -63,18 +71,25 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 @dataclass(frozen=True)
 class OutboxRow:
-    """One queued event. `seq` orders rows and is what `ack()` takes."""
+    """One queued event. `seq` orders rows within a `generation`; `ack()` takes the rows back."""
 
     seq: int
     event_id: str
     payload: bytes
+    generation: int = 0
 
 
 class Outbox:
     """A bounded, ordered, crash-safe queue of serialised events. Thread-safe."""
 
     def __init__(
-        self, path: Path, *, max_rows: int, max_bytes: int, health: HealthRegistry | None = None
+        self,
+        path: Path,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        health: HealthRegistry | None = None,
+        reopen_interval_s: float = REOPEN_INTERVAL_S,
     ) -> None:
         if max_rows < 1 or max_bytes < 1:
             raise ValueError("outbox bounds must be positive")
@@ -91,17 +106,24 @@ class Outbox:
         self._next_seq = 1
         self._problem = ""  # why the file is not usable right now, "" when it is
         self._notice = ""  # something a technician should know even though all is well now
+        self._generation = 0  # bumped when the queued rows are renumbered (a late open)
+        self._reopen_interval_s = reopen_interval_s
+        self._next_open_at = time.monotonic() + reopen_interval_s
         self._db = self._open()
         self._report()
 
     # -- opening -------------------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection | None:
+        problem_before = self._problem
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return self._connect()
         except OSError as error:
-            self._problem = f"cannot create {self.path.parent}: {error.strerror}; events kept in memory only"
+            reason = error.strerror
+            if self.path.parent.is_symlink():  # a state directory on a volume that is not mounted
+                reason = f"it links to {self.path.parent.readlink()}, which is missing"
+            self._problem = f"cannot create {self.path.parent}: {reason}; events kept in memory only"
         except sqlite3.OperationalError as error:
             # Locked, read-only, full, unopenable: the file itself may be fine, so never move it aside.
             self._problem = f"cannot open {self.path}: {error}; events kept in memory only"
@@ -116,8 +138,35 @@ class Outbox:
                 return self._connect()
             except sqlite3.DatabaseError as again:
                 self._problem = f"cannot create a fresh {self.path}: {again}; events kept in memory only"
-        log.error("outbox %s", self._problem)
+        if self._problem != problem_before:  # tried again every reopen_interval_s: log changes only
+            log.error("outbox %s", self._problem)
         return None
+
+    def _open_late_if_due(self) -> bool:
+        """Under the lock: try again to open a file that could not be opened; True if it opened now.
+
+        The caller reports health after releasing the lock.
+        """
+        if self._db is not None or time.monotonic() < self._next_open_at:
+            return False
+        self._next_open_at = time.monotonic() + self._reopen_interval_s
+        held, held_bytes, lost_in_memory = list(self._memory), self._bytes, self._lost
+        self._db = self._open()  # on success, the counters now describe the file alone
+        if self._db is None:
+            return False
+        # The file's rows were queued before the restart, so they go first; the held rows follow them.
+        self._generation += 1
+        self._memory = deque(
+            OutboxRow(self._next_seq + offset, row.event_id, row.payload, self._generation)
+            for offset, row in enumerate(held)
+        )
+        self._next_seq += len(held)
+        self._rows += len(held)
+        self._bytes += held_bytes
+        self._lost += lost_in_memory
+        log.info("outbox %s opened; %d event(s) held in memory queue after its own", self.path, len(held))
+        self._write(list(self._memory))  # clears the problem once they are on disk
+        return True
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -160,12 +209,13 @@ class Outbox:
     def append(self, event_id: str, payload: bytes) -> None:
         """Queue one event; durable when this returns, unless health says the file is failing."""
         with self._lock:
-            row = OutboxRow(self._next_seq, event_id, payload)
+            self._open_late_if_due()
+            row = OutboxRow(self._next_seq, event_id, payload, self._generation)
             self._next_seq += 1
+            self._rows += 1
+            self._bytes += len(payload)
             if not self._write([*self._memory, row]):
                 self._memory.append(row)
-                self._rows += 1
-                self._bytes += len(payload)
                 while len(self._memory) > min(MEMORY_FALLBACK_MAX_ROWS, self.max_rows):
                     dropped = self._memory.popleft()
                     self._rows -= 1
@@ -174,13 +224,15 @@ class Outbox:
         self._report()
 
     def _write(self, rows: list[OutboxRow]) -> bool:
-        """Insert `rows` (older memory rows first), dropping the oldest to stay in bounds. One commit."""
+        """Insert `rows` (all the memory rows, oldest first, maybe a new one), counted already. One commit.
+
+        Drops the oldest rows on disk to stay in bounds.
+        """
         if self._db is None:
             return False
-        new_bytes = sum(len(row.payload) for row in rows)
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            dropped_rows, dropped_bytes = self._make_room(len(rows), new_bytes)
+            dropped_rows, dropped_bytes = self._make_room()
             self._db.executemany(
                 "INSERT INTO events (seq, event_id, payload, size_bytes) VALUES (?, ?, ?, ?)",
                 [(row.seq, row.event_id, row.payload, len(row.payload)) for row in rows],
@@ -202,18 +254,15 @@ class Outbox:
         if dropped_rows:
             log.warning("outbox full: dropped the %d oldest unsent event(s)", dropped_rows)
         self._lost = self._lost_persisted = lost
-        # The memory rows were already counted; only the new row and the dropped ones change the totals.
-        self._rows += 1 - dropped_rows
-        self._bytes += len(rows[-1].payload) - dropped_bytes
+        self._rows -= dropped_rows
+        self._bytes -= dropped_bytes
         return True
 
-    def _make_room(self, new_rows: int, new_bytes: int) -> tuple[int, int]:
-        """Delete the oldest rows so that `new_rows`/`new_bytes` fit; inside the caller's transaction."""
+    def _make_room(self) -> tuple[int, int]:
+        """Delete the oldest rows on disk until all counted rows fit; inside the caller's transaction."""
         assert self._db is not None
-        disk_rows = self._rows - len(self._memory)
-        disk_bytes = self._bytes - sum(len(row.payload) for row in self._memory)
-        excess_rows = disk_rows + new_rows - self.max_rows
-        excess_bytes = disk_bytes + new_bytes - self.max_bytes
+        excess_rows = self._rows - self.max_rows
+        excess_bytes = self._bytes - self.max_bytes
         if excess_rows <= 0 and excess_bytes <= 0:
             return 0, 0
         dropped_rows = dropped_bytes = 0
@@ -234,31 +283,41 @@ class Outbox:
             self._db.execute("ROLLBACK")
 
     def pending(self, after_seq: int, limit: int) -> list[OutboxRow]:
-        """Up to `limit` queued rows with seq > after_seq, oldest first."""
+        """Up to `limit` queued rows with seq > after_seq, oldest first (see `generation`)."""
         with self._lock:
-            rows: list[OutboxRow] = []
-            if self._db is not None:
-                try:
-                    rows = [
-                        OutboxRow(seq, event_id, bytes(payload))
-                        for seq, event_id, payload in self._db.execute(
-                            "SELECT seq, event_id, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                            (after_seq, limit),
-                        )
-                    ]
-                except sqlite3.Error as error:
-                    # Serving the memory rows now would send them ahead of the unread older ones.
-                    log.error("cannot read the outbox: %s", error)
-                    return []
-            rows += [row for row in self._memory if row.seq > after_seq][: limit - len(rows)]
-            return rows
+            opened = self._open_late_if_due()
+            rows = self._read(after_seq, limit)
+        if opened:
+            self._report()
+        return rows
 
-    def ack(self, seqs: Iterable[int]) -> None:
-        """Forget rows the broker has acknowledged (one commit for the whole batch)."""
-        wanted = set(seqs)
-        if not wanted:
-            return
+    def _read(self, after_seq: int, limit: int) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
+        if self._db is not None:
+            try:
+                rows = [
+                    OutboxRow(seq, event_id, bytes(payload), self._generation)
+                    for seq, event_id, payload in self._db.execute(
+                        "SELECT seq, event_id, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (after_seq, limit),
+                    )
+                ]
+            except sqlite3.Error as error:
+                # Serving the memory rows now would send them ahead of the unread older ones.
+                log.error("cannot read the outbox: %s", error)
+                return []
+        return rows + [row for row in self._memory if row.seq > after_seq][: limit - len(rows)]
+
+    def ack(self, rows: Iterable[OutboxRow]) -> None:
+        """Forget rows the broker has acknowledged (one commit for the whole batch).
+
+        Rows of an older generation are ignored: their seq now names another row, and they are queued
+        still, under a new seq, to be sent again.
+        """
         with self._lock:
+            wanted = {row.seq for row in rows if row.generation == self._generation}
+            if not wanted:
+                return
             for row in [row for row in self._memory if row.seq in wanted]:
                 self._memory.remove(row)
                 self._rows -= 1
@@ -291,6 +350,11 @@ class Outbox:
             self._bytes -= removed_bytes
 
     # -- reporting -----------------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Changes when queued rows were renumbered: a reader must start again from seq 0."""
+        return self._generation
 
     @property
     def depth(self) -> int:

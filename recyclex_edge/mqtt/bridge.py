@@ -44,7 +44,7 @@ from recyclex_edge.mqtt.connection import HEALTH_COMPONENT, Connection
 from recyclex_edge.mqtt.discovery import discovery_payload
 from recyclex_edge.mqtt.events import prepare_event, utc_timestamp
 from recyclex_edge.mqtt.topics import Topics
-from recyclex_edge.outbox import Outbox
+from recyclex_edge.outbox import Outbox, OutboxRow
 
 log = logging.getLogger("recyclex_edge.mqtt.bridge")
 
@@ -102,8 +102,9 @@ class MqttBridge:
 
         # Only the publisher thread touches these (and stop(), after that thread has ended).
         self._acks: deque[tuple[int, bool, str]] = deque()  # appended on the network thread
-        self._inflight: dict[int, int] = {}  # paho message id -> outbox seq
+        self._inflight: dict[int, OutboxRow] = {}  # paho message id -> outbox row
         self._cursor = 0  # highest outbox seq handed to paho
+        self._generation = outbox.generation  # of the outbox seqs the cursor counts in
         self._refused_at: float | None = None  # when the broker last refused an event (MQTT 5 PUBACK error)
         self._refusals = 0  # refusals since events were last accepted
         health.subscribe(self._health_changed)
@@ -256,16 +257,16 @@ class MqttBridge:
                 self._stopping.wait(_IDLE_WAKE_S)
 
     def _apply_acks(self) -> None:
-        acknowledged: list[int] = []
+        acknowledged: list[OutboxRow] = []
         while self._acks:
             mid, ok, reason = self._acks.popleft()
-            seq = self._inflight.pop(mid, None)
-            if seq is None:
+            row = self._inflight.pop(mid, None)
+            if row is None:
                 continue  # state, availability or a command result
             if ok:
-                acknowledged.append(seq)
+                acknowledged.append(row)
             elif self._refused_at is None:
-                log.error("broker refused event (outbox seq %d): %s; will send it again", seq, reason)
+                log.error("broker refused event (outbox seq %d): %s; will send it again", row.seq, reason)
                 self._report_mqtt(
                     Status.FAILING,
                     f"broker refused an event: {reason}; check the broker's ACL for {self.topics.events}",
@@ -288,15 +289,21 @@ class MqttBridge:
                 return
             self._refused_at = None
             self._cursor = 0
+        if self._outbox.generation != self._generation:
+            # The outbox renumbered its rows (a late open put older rows first): read from the start.
+            self._generation = self._outbox.generation
+            self._cursor = 0
         window = min(self._config.max_inflight, max(1, self._connection.receive_maximum - _CONTROL_RESERVE))
         room = window - len(self._inflight)
         if room <= 0:
             return
         for row in self._outbox.pending(self._cursor, room):
+            if row.generation != self._generation:
+                return  # renumbered just now: the next round reads from the start
             mid = self._connection.publish(self.topics.events, row.payload, qos=self._config.qos)
             if mid is None:
                 return
-            self._inflight[mid] = row.seq
+            self._inflight[mid] = row
             self._cursor = row.seq
 
     def _publish_announcement(self) -> None:

@@ -11,7 +11,7 @@ import pytest
 from recyclex_edge.config import MqttConfig
 from recyclex_edge.health import HealthRegistry
 from recyclex_edge.mqtt import MqttBridge
-from recyclex_edge.outbox import Outbox
+from recyclex_edge.outbox import REOPEN_INTERVAL_S, Outbox
 from tests.mqtt.support import (
     Bin,
     Collector,
@@ -52,13 +52,23 @@ def collector() -> Iterator[Callable[..., Collector]]:
 
 @pytest.fixture
 def make_bin(tmp_path: Path) -> Iterator[Callable[..., Bin]]:
-    """make_bin(config, device_id=..., start=True): a started bridge, stopped after the test."""
+    """make_bin(config, device_id=..., start=True, state_dir=..., reopen_interval_s=...): a started
+    bridge, stopped after the test."""
     made: list[Bin] = []
 
-    def make(config: MqttConfig, device_id: str = "bin-test", *, start: bool = True) -> Bin:
+    def make(
+        config: MqttConfig,
+        device_id: str = "bin-test",
+        *,
+        start: bool = True,
+        state_dir: Path | None = None,
+        reopen_interval_s: float = REOPEN_INTERVAL_S,
+    ) -> Bin:
         health = HealthRegistry()
-        path = tmp_path / f"state-{device_id}" / "outbox.sqlite3"
-        outbox = Outbox(path, max_rows=10_000, max_bytes=16 << 20, health=health)
+        path = (state_dir or tmp_path / f"state-{device_id}") / "outbox.sqlite3"
+        outbox = Outbox(
+            path, max_rows=10_000, max_bytes=16 << 20, health=health, reopen_interval_s=reopen_interval_s
+        )
         daemon = FakeDaemon()
         bridge = MqttBridge(
             config,

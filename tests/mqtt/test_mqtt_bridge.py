@@ -14,6 +14,8 @@ import pytest
 
 from recyclex_edge.config import load_config
 from recyclex_edge.health import Status
+from recyclex_edge.mqtt.events import prepare_event
+from recyclex_edge.outbox import Outbox
 from tests.mqtt.support import (
     Bin,
     Collector,
@@ -270,3 +272,36 @@ def test_the_event_window_honours_the_brokers_receive_maximum(
         broker.resume()
     events = dashboard.wait_for(f"{PREFIX}/events", lambda got: len(got) >= 40, "all events")
     assert first_seen_ids(events) == ids
+
+
+def test_events_from_before_a_restart_are_sent_once_a_late_state_volume_mounts(
+    broker: Mosquitto, collector: Callable[..., Collector], make_bin: Callable[..., Bin], tmp_path: Path
+) -> None:
+    # The last run left 3 unsent events on a volume that is not mounted when this run starts.
+    staged = tmp_path / "staged-volume"
+    earlier = Outbox(staged / "outbox.sqlite3", max_rows=100, max_bytes=1 << 20)
+    from_before = []
+    for index in range(3):
+        event, payload = prepare_event(make_event(index), "bin-test")
+        earlier.append(event["id"], payload)
+        from_before.append(event["id"])
+    earlier.close()
+    state = tmp_path / "state"
+    state.symlink_to(tmp_path / "volume")
+
+    dashboard = collector(broker, [f"{PREFIX}/events"])
+    bin_ = make_bin(mqtt_config(broker.port), state_dir=state, reopen_interval_s=0.2)
+    while_unmounted = [submit(bin_.bridge, make_event(i)) for i in range(5)]
+    dashboard.wait_for(f"{PREFIX}/events", lambda got: len(got) >= 5, "events from memory")
+    assert bin_.health.snapshot()["outbox"].status == Status.FAILING
+
+    staged.rename(tmp_path / "volume")
+    wait_until(lambda: bin_.outbox.durable, "the outbox file to open (retried every 0.2 s)")
+    after = [submit(bin_.bridge, make_event(i)) for i in range(5)]
+    wanted = set(from_before + while_unmounted + after)
+    events = dashboard.wait_for(
+        f"{PREFIX}/events", lambda got: wanted <= {m.json()["id"] for m in got}, "every event"
+    )
+    assert first_seen_ids(events) == while_unmounted + from_before + after
+    wait_until(lambda: bin_.outbox.depth == 0, "the outbox to empty")
+    assert bin_.health.snapshot()["outbox"].status == Status.OK

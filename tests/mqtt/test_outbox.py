@@ -26,10 +26,10 @@ def test_rows_come_out_in_order_and_leave_only_when_acknowledged(tmp_path: Path)
     first = outbox.pending(0, 4)
     assert [row.event_id for row in first] == ids[:4]
     assert [row.event_id for row in outbox.pending(first[-1].seq, 100)] == ids[4:]
-    outbox.ack([first[1].seq, first[0].seq])
+    outbox.ack([first[1], first[0]])
     assert queued_ids(outbox) == ids[2:]
     assert outbox.depth == 8 and outbox.size_bytes == 800
-    outbox.ack([first[0].seq])  # acknowledged twice (a duplicate PUBACK): no effect
+    outbox.ack([first[0]])  # acknowledged twice (a duplicate PUBACK): no effect
     assert outbox.depth == 8
 
 
@@ -37,7 +37,7 @@ def test_queued_rows_survive_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite3"
     outbox = Outbox(path, max_rows=1000, max_bytes=1 << 20)
     ids = fill(outbox, 5)
-    outbox.ack([outbox.pending(0, 1)[0].seq])
+    outbox.ack(outbox.pending(0, 1))
     outbox.close()
     reopened = Outbox(path, max_rows=1000, max_bytes=1 << 20)
     assert queued_ids(reopened) == ids[1:]
@@ -105,7 +105,7 @@ def test_a_full_disk_keeps_events_in_memory_in_order_and_recovers(tmp_path: Path
     assert outbox.depth == 203
 
     # Acknowledge some while the disk is full, then free space: the rest move to disk, in order.
-    outbox.ack(row.seq for row in outbox.pending(0, 5))
+    outbox.ack(outbox.pending(0, 5))
     db.execute("PRAGMA max_page_count=1073741823")
     after = fill(outbox, 1, start=1000)
     assert outbox.durable and health.snapshot()["outbox"].status == Status.OK
@@ -123,3 +123,47 @@ def test_the_memory_fallback_is_bounded_and_counts_what_it_drops(tmp_path: Path)
     ids = fill(outbox, MEMORY_FALLBACK_MAX_ROWS + 10)
     assert queued_ids(outbox) == ids[10:]
     assert outbox.lost == 10 and outbox.depth == MEMORY_FALLBACK_MAX_ROWS
+
+
+def test_a_file_that_opens_only_later_takes_the_memory_rows_after_its_own(tmp_path: Path) -> None:
+    # The state directory is a link to a volume that is not mounted yet; the volume holds an outbox
+    # with events from before the restart.
+    staged = tmp_path / "staged-volume"
+    earlier = Outbox(staged / "outbox.sqlite3", max_rows=1000, max_bytes=1 << 20)
+    from_before = fill(earlier, 3, start=0)
+    earlier.close()
+    state = tmp_path / "state"
+    state.symlink_to(tmp_path / "volume")
+    health = HealthRegistry()
+    outbox = Outbox(
+        state / "outbox.sqlite3", max_rows=1000, max_bytes=1 << 20, health=health, reopen_interval_s=0
+    )
+    in_memory = fill(outbox, 4, start=100)
+    report = health.snapshot()["outbox"]
+    assert not outbox.durable and report.status == Status.FAILING
+    assert "links to" in report.detail and "volume" in report.detail, report.detail
+    in_flight = outbox.pending(0, 2)
+    generation = outbox.generation
+
+    staged.rename(tmp_path / "volume")  # mounted
+    assert queued_ids(outbox) == from_before + in_memory, "the file's older rows go first"
+    assert outbox.durable and health.snapshot()["outbox"].status == Status.OK
+    assert outbox.generation != generation
+    outbox.ack(in_flight)  # stale seqs that now name other rows: must not delete anything
+    assert outbox.depth == 7
+    later = fill(outbox, 1, start=200)
+    assert queued_ids(outbox) == from_before + in_memory + later
+    (count,) = sqlite3.connect(outbox.path).execute("SELECT count(*) FROM events").fetchone()
+    assert count == 8, "the memory rows are on disk now"
+    outbox.ack(outbox.pending(0, 3))
+    assert queued_ids(outbox) == in_memory + later
+
+
+def test_opening_is_retried_at_most_once_per_interval(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.symlink_to(tmp_path / "volume")
+    outbox = Outbox(state / "outbox.sqlite3", max_rows=1000, max_bytes=1 << 20, reopen_interval_s=3600)
+    fill(outbox, 2)
+    (tmp_path / "volume").mkdir()
+    fill(outbox, 2, start=2)
+    assert not outbox.durable, "no second try within the interval"
