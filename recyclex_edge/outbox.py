@@ -109,6 +109,7 @@ class Outbox:
         self._generation = 0  # bumped when the queued rows are renumbered (a late open)
         self._reopen_interval_s = reopen_interval_s
         self._next_open_at = time.monotonic() + reopen_interval_s
+        self._closed = False
         self._db = self._open()
         self._report()
 
@@ -147,7 +148,7 @@ class Outbox:
 
         The caller reports health after releasing the lock.
         """
-        if self._db is not None or time.monotonic() < self._next_open_at:
+        if self._db is not None or self._closed or time.monotonic() < self._next_open_at:
             return False
         self._next_open_at = time.monotonic() + self._reopen_interval_s
         held, held_bytes, lost_in_memory = list(self._memory), self._bytes, self._lost
@@ -393,6 +394,7 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._db is not None:
                 self._db.close()
                 self._db = None

@@ -167,3 +167,13 @@ def test_opening_is_retried_at_most_once_per_interval(tmp_path: Path) -> None:
     (tmp_path / "volume").mkdir()
     fill(outbox, 2, start=2)
     assert not outbox.durable, "no second try within the interval"
+
+
+def test_a_closed_outbox_does_not_open_its_file_again(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.symlink_to(tmp_path / "volume")
+    outbox = Outbox(state / "outbox.sqlite3", max_rows=1000, max_bytes=1 << 20, reopen_interval_s=0)
+    outbox.close()
+    (tmp_path / "volume").mkdir()
+    fill(outbox, 1)  # a late event from a stage still stopping
+    assert not outbox.durable and not (tmp_path / "volume" / "outbox.sqlite3").exists()
