@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import cv2
 import numpy as np
 import pytest
@@ -41,11 +43,33 @@ def reference(frame: np.ndarray, card: CardInput) -> np.ndarray:
     return (resized.astype(np.float64) - np.asarray(card.mean)) / np.asarray(card.std)
 
 
-def test_no_halving_possible_means_inter_area_itself() -> None:
-    """A 512x384 photo shrunk to 224x224 cannot be halved (384 < 448): it gets OpenCV's INTER_AREA."""
-    photo = cv2.imread(str(val_photos("glass")[0]))
+# sha256 of shrink()'s output for fixed photos. The same hashes must come out on every CPU: arm64-check
+# compares them under emulation, and a change here means every shipped model needs retraining.
+PINNED_SHRINK_SHA256 = {
+    ("cardboard", (224, 224)): "b2086fdd6d45285914f76e3f8771d05097df4494d1b31138e78bc38c2d075272",
+    ("glass", (224, 224)): "230fa15ff239b04fb7d2ad4aa224a913eee1f277f6d2ec31311a496ef615aad4",
+    ("metal", (160, 120)): "c39105e2a01fb5e066c52230c0b817a74b93698886f0461ec7c81cba74b3a15c",
+    ("plastic", (224, 224), "camera"): "051650f7392d74887d5a746b1c2e8757a7d264cf90d6a26eb0d56009c22f1781",
+}
+
+
+def test_halvings_are_exact_integer_box_averages() -> None:
+    """2x steps average in integers, rounding half up: nothing for a SIMD unit to round its own way."""
+    photo = cv2.imread(str(val_photos("glass")[0]))  # 512x384
+    halved = shrink(photo, (256, 192)).astype(int)
+    quads = photo.astype(int)
+    expected = (quads[0::2, 0::2] + quads[0::2, 1::2] + quads[1::2, 0::2] + quads[1::2, 1::2] + 2) >> 2
+    np.testing.assert_array_equal(halved, expected)
+    # Only the width can be halved here (384 < 2 * 224): it is, alone.
+    wide = shrink(photo, (256, 384)).astype(int)
+    np.testing.assert_array_equal(wide, (quads[:, 0::2] + quads[:, 1::2] + 1) >> 1)
+
+
+def test_the_last_step_is_opencvs_bit_exact_bilinear() -> None:
+    photo = cv2.imread(str(val_photos("glass")[0]))  # 512x384 -> width halved to 256, then bilinear
+    half_width = shrink(photo, (256, 384))
     np.testing.assert_array_equal(
-        shrink(photo, (224, 224)), cv2.resize(photo, (224, 224), interpolation=cv2.INTER_AREA)
+        shrink(photo, (224, 224)), cv2.resize(half_width, (224, 224), interpolation=cv2.INTER_LINEAR_EXACT)
     )
 
 
@@ -55,6 +79,21 @@ def test_camera_frames_are_shrunk_close_to_inter_area(frame: np.ndarray) -> None
     exact = cv2.resize(frame, (224, 224), interpolation=cv2.INTER_AREA).astype(int)
     assert np.abs(fast - exact).mean() < 1.0
     assert np.percentile(np.abs(fast - exact), 99) <= 8
+
+
+def _pinned_input(label: str, camera: bool) -> np.ndarray:
+    photo = cv2.imread(str(val_photos(label)[0]))
+    # A camera-sized frame made without any resampling filter: each pixel repeated 2x2 (1024x768).
+    return np.repeat(np.repeat(photo, 2, axis=0), 2, axis=1) if camera else photo
+
+
+@pytest.mark.parametrize("key", sorted(PINNED_SHRINK_SHA256, key=str))
+def test_shrink_output_is_pinned(key: tuple[object, ...]) -> None:
+    label, size = str(key[0]), key[1]
+    assert isinstance(size, tuple)
+    out = shrink(_pinned_input(label, camera=len(key) == 3), size)
+    assert out.shape == (size[1], size[0], 3)
+    assert hashlib.sha256(out.tobytes()).hexdigest() == PINNED_SHRINK_SHA256[key]
 
 
 def test_identity_quantisation_feeds_raw_rgb_pixels(frame: np.ndarray) -> None:
