@@ -10,7 +10,7 @@ import queue
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class Classification:
     model_version: str
     preprocess_ms: float
     inference_ms: float
+    # The pooled embedding (float32, dequantised) when the card declares one; site adaptation uses it.
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,35 +46,65 @@ class Classification:
         }
 
 
+@dataclass(frozen=True)
+class _Output:
+    """One output tensor and how to turn its integers back into real values."""
+
+    index: int
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def of(cls, detail: dict[str, Any]) -> _Output:
+        scale, zero_point = detail["quantization"]
+        return cls(int(detail["index"]), float(scale), int(zero_point))
+
+    def read(self, interpreter: Any) -> np.ndarray:
+        raw: np.ndarray = interpreter.get_tensor(self.index)[0]
+        if self.scale:
+            return (raw.astype(np.float32) - self.zero_point) * self.scale
+        return raw.astype(np.float32)
+
+
 @dataclass
 class _Runner:
     """One interpreter with its tensor indices and output dequantisation resolved once."""
 
     interpreter: Any
     input_index: int
-    output_index: int
-    output_scale: float
-    output_zero_point: int
+    scores: _Output
+    embedding: _Output | None
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self.input_index, tensor)
         self.interpreter.invoke()
-        raw: np.ndarray = self.interpreter.get_tensor(self.output_index)[0]
-        if self.output_scale:
-            return (raw.astype(np.float32) - self.output_zero_point) * self.output_scale
-        return raw.astype(np.float32)
+        return self.scores.read(self.interpreter)
+
+    def last_embedding(self) -> np.ndarray | None:
+        return self.embedding.read(self.interpreter) if self.embedding is not None else None
 
 
-def _load_runner(interpreter_type: type[Any], model_path: Path, num_threads: int) -> _Runner:
+def _load_runner(interpreter_type: type[Any], model_path: Path, num_threads: int, card: ModelCard) -> _Runner:
     try:
         interpreter = interpreter_type(model_path=str(model_path), num_threads=num_threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"model file {model_path} cannot be loaded by the TFLite runtime: {exc}") from None
     (input_detail,) = interpreter.get_input_details()
-    (output_detail,) = interpreter.get_output_details()
-    scale, zero_point = output_detail["quantization"]
-    return _Runner(interpreter, input_detail["index"], output_detail["index"], float(scale), int(zero_point))
+    # Outputs are told apart by size (the card forbids an embedding as long as the label list), not by
+    # order or name, which converters do not keep stable.
+    by_size = {int(np.prod(d["shape"])): d for d in interpreter.get_output_details()}
+    sizes = sorted(by_size)
+    expected = sorted([len(card.labels)] + ([card.embedding.size] if card.embedding else []))
+    if sizes != expected or len(by_size) != len(interpreter.get_output_details()):
+        raise ModelError(
+            f"model outputs have sizes {sizes} but its card expects {expected} "
+            f"({len(card.labels)} labels"
+            + (f", an embedding of {card.embedding.size}" if card.embedding else "")
+            + "); the card belongs to another model"
+        )
+    embedding = _Output.of(by_size[card.embedding.size]) if card.embedding else None
+    return _Runner(interpreter, input_detail["index"], _Output.of(by_size[len(card.labels)]), embedding)
 
 
 class Classifier:
@@ -89,7 +121,9 @@ class Classifier:
         self.card: ModelCard = load_card(self.model_path)
         interpreter_type, self.backend = interpreter_class()
         self.num_threads = num_threads
-        runners = [_load_runner(interpreter_type, self.model_path, num_threads) for _ in range(pool_size)]
+        runners = [
+            _load_runner(interpreter_type, self.model_path, num_threads, self.card) for _ in range(pool_size)
+        ]
         self._check_against_card(runners[0])
         input_detail = runners[0].interpreter.get_input_details()[0]
         scale, zero_point = input_detail["quantization"]
@@ -106,7 +140,6 @@ class Classifier:
     def _check_against_card(self, runner: _Runner) -> None:
         interpreter = runner.interpreter
         input_detail = interpreter.get_input_details()[0]
-        output_detail = interpreter.get_output_details()[0]
         expected_shape = [1, self.card.input.height, self.card.input.width, 3]
         if list(input_detail["shape"]) != expected_shape:
             raise ModelError(
@@ -116,12 +149,6 @@ class Classifier:
             raise ModelError(
                 f"model input type {np.dtype(input_detail['dtype']).name} does not match its card "
                 f"({self.card.input.dtype})"
-            )
-        outputs = int(np.prod(output_detail["shape"]))
-        if outputs != len(self.card.labels):
-            raise ModelError(
-                f"model has {outputs} outputs but its card lists {len(self.card.labels)} labels; "
-                "the card belongs to another model"
             )
 
     @contextmanager
@@ -156,6 +183,7 @@ class Classifier:
             model_version=self.card.version,
             preprocess_ms=(prepared - started) * 1000.0,
             inference_ms=(finished - prepared) * 1000.0,
+            embedding=runner.last_embedding(),
         )
 
     def classify(self, frame_bgr: np.ndarray) -> Classification:

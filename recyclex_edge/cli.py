@@ -86,6 +86,7 @@ def _image_paths(paths: Sequence[Path]) -> Iterator[Path]:
 
 def _classify(args: argparse.Namespace) -> int:
     from recyclex_edge.classifier import Classifier
+    from recyclex_edge.decision import ConfidencePolicy
     from recyclex_edge.imaging import decode_image
 
     try:
@@ -93,6 +94,7 @@ def _classify(args: argparse.Namespace) -> int:
     except ModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_MODEL
+    policy = ConfidencePolicy.from_card(classifier)
     status = EXIT_OK
     for path in _image_paths(args.paths):
         try:
@@ -106,6 +108,7 @@ def _classify(args: argparse.Namespace) -> int:
                 print(f"{path}: error: {message}", file=sys.stderr)
             continue
         result = classifier.classify(frame)
+        decision = policy.decide(result.label, result.confidence)
         if args.json:
             line = {
                 "path": str(path),
@@ -113,10 +116,14 @@ def _classify(args: argparse.Namespace) -> int:
                 "confidence": round(result.confidence, 6),
                 "probabilities": {label: round(p, 6) for label, p in result.probabilities.items()},
                 "inference_ms": round(result.inference_ms, 3),
+                "decision": decision,
+                "model": {"name": result.model_name, "version": result.model_version},
             }
             print(json.dumps(line), flush=True)
         else:
-            print(f"{path}: {result.label} {result.confidence:.3f} ({result.inference_ms:.1f} ms)")
+            print(
+                f"{path}: {result.label} {result.confidence:.3f} -> {decision} ({result.inference_ms:.1f} ms)"
+            )
     return status
 
 

@@ -12,7 +12,9 @@ for, and lets one blurred frame lower the confidence without flipping the class.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from recyclex_edge.classifier import Classification, Classifier
 from recyclex_edge.config import DecisionConfig
@@ -29,6 +31,8 @@ class Verdict:
     confidence: float
     probabilities: dict[str, float]
     frames: int
+    # Mean of the frames' embeddings when the model has one (site adaptation and capture use it).
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def combine(classifications: Sequence[Classification]) -> Verdict:
@@ -39,7 +43,9 @@ def combine(classifications: Sequence[Classification]) -> Verdict:
     count = len(classifications)
     mean = {label: sum(c.probabilities[label] for c in classifications) / count for label in labels}
     best = max(mean, key=mean.__getitem__)
-    return Verdict(best, mean[best], mean, count)
+    embeddings = [c.embedding for c in classifications if c.embedding is not None]
+    embedding = np.mean(embeddings, axis=0) if len(embeddings) == count else None
+    return Verdict(best, mean[best], mean, count, embedding)
 
 
 class ConfidencePolicy:
@@ -61,6 +67,11 @@ class ConfidencePolicy:
             )
         self.default_threshold = default_threshold
         self.thresholds = {label: class_thresholds.get(label, default_threshold) for label in labels}
+
+    @classmethod
+    def from_card(cls, classifier: Classifier) -> ConfidencePolicy:
+        """The model card's own recommendation, as a bin with no decision overrides applies it."""
+        return cls(classifier.labels, classifier.card.decision.threshold, {})
 
     @classmethod
     def for_model(cls, classifier: Classifier, config: DecisionConfig) -> ConfidencePolicy:

@@ -50,6 +50,16 @@ class CardDecision(_CardPart):
     chosen_on: str | None = None
 
 
+class CardEmbedding(_CardPart):
+    """The model's second output: the pooled feature vector the logits are computed from.
+
+    Site adaptation (nearest class prototypes, a small head) works on it without retraining the model.
+    """
+
+    size: int = Field(gt=0, le=65536, description="Number of values in the embedding output.")
+    layer: str = Field("", description="Where in the network it is taken, for people.")
+
+
 class ModelCard(_CardPart):
     card_schema: Literal[1]
     name: str = Field(min_length=1)
@@ -60,6 +70,7 @@ class ModelCard(_CardPart):
     labels: tuple[str, ...] = Field(min_length=2)
     input: CardInput
     output: CardOutput
+    embedding: CardEmbedding | None = None
     decision: CardDecision
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
@@ -68,6 +79,9 @@ class ModelCard(_CardPart):
     def _labels_unique(self) -> ModelCard:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
+        if self.embedding is not None and self.embedding.size == len(self.labels):
+            # Outputs are told apart by their size; equal sizes would make that ambiguous.
+            raise ValueError("embedding.size must differ from the number of labels")
         return self
 
 

@@ -161,7 +161,16 @@ def test_corrupt_model_with_a_matching_card(tmp_path: Path) -> None:
 def test_label_count_must_match_outputs(tmp_path: Path) -> None:
     model = copy_model(tmp_path)
     edit_card(model, labels=[*LABELS, "ewaste"])
-    with pytest.raises(ModelError, match="6 outputs but its card lists 7 labels"):
+    with pytest.raises(ModelError, match=r"outputs have sizes \[.*6.*\] but its card expects \[7"):
+        Classifier(model)
+
+
+def test_declared_embedding_must_exist(tmp_path: Path) -> None:
+    model = copy_model(tmp_path)
+    card = json.loads(card_path_for(model).read_text())
+    size = card["embedding"]["size"] + 8 if card.get("embedding") else 1280
+    edit_card(model, embedding={"size": size})
+    with pytest.raises(ModelError, match=f"an embedding of {size}"):
         Classifier(model)
 
 

@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recyclex_edge.model_card import SHIPPED_MODEL, card_path_for
 from tests.conftest import val_photos
 
-FIELDS = {"path", "class", "confidence", "probabilities", "inference_ms"}
+FIELDS = {"path", "class", "confidence", "probabilities", "inference_ms", "decision", "model"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,6 +31,7 @@ def test_classify_json_on_a_folder_with_bad_files(tmp_path: Path) -> None:
     missing = tmp_path / "gone.jpg"
 
     completed = run_cli("classify", "--json", str(photos), str(not_an_image), str(missing))
+    card = json.loads(card_path_for(SHIPPED_MODEL).read_text())
 
     assert completed.returncode == 1, completed.stderr
     lines = [json.loads(line) for line in completed.stdout.splitlines()]
@@ -41,6 +43,10 @@ def test_classify_json_on_a_folder_with_bad_files(tmp_path: Path) -> None:
         assert set(line) == FIELDS
         assert line["class"] in line["probabilities"]
         assert abs(sum(line["probabilities"].values()) - 1) < 1e-3
+        assert line["model"] == {"name": card["name"], "version": card["version"]}
+        # Exactly the bin's rule: the class when its confidence reaches the card's threshold.
+        accepted = line["confidence"] >= card["decision"]["threshold"]
+        assert line["decision"] == (line["class"] if accepted else "uncertain")
     assert set(bad) == {str(not_an_image), str(missing)}
     assert all(set(line) == {"path", "error"} for line in bad.values())
     assert "not a JPEG or PNG" in bad[str(not_an_image)]["error"]
@@ -51,6 +57,19 @@ def test_classify_all_good_exits_zero_with_readable_lines() -> None:
     completed = run_cli("classify", str(photo))
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith(f"{photo}: ")
+
+
+def test_classify_json_reports_uncertain_when_below_the_threshold(tmp_path: Path) -> None:
+    """A model whose card demands certainty says `uncertain` rather than guess."""
+    model = tmp_path / SHIPPED_MODEL.name
+    shutil.copy(SHIPPED_MODEL, model)
+    card = json.loads(card_path_for(SHIPPED_MODEL).read_text())
+    card["decision"]["threshold"] = 1.0
+    card_path_for(model).write_text(json.dumps(card))
+    completed = run_cli("classify", "--json", "--model", str(model), str(val_photos("cardboard")[0]))
+    assert completed.returncode == 0, completed.stderr
+    line = json.loads(completed.stdout)
+    assert line["confidence"] < 1.0 and line["decision"] == "uncertain"
 
 
 def test_classify_with_a_missing_model_says_so(tmp_path: Path) -> None:
