@@ -74,9 +74,12 @@ def correct_weight_rounding_bias(model: keras.Model, calibration: np.ndarray) ->
         bn.set_weights([gamma, beta - shift, moving_mean, moving_var])
 
 
-def convert_int8(weights_path: Path, calibration: np.ndarray, bias_correction: bool = True) -> bytes:
+def convert_int8(
+    weights_path: Path, calibration: np.ndarray, bias_correction: bool = True, embedding_output: bool = False
+) -> bytes:
+    """The int8 .tflite bytes; with `embedding_output`, the pooled features are a second output."""
     height, width = calibration.shape[1:3]
-    model = lite0_keras.build_lite0(len(data.LABELS), input_wh=(width, height))
+    model = lite0_keras.build_lite0(len(data.LABELS), input_wh=(width, height), embedding_output=embedding_output)
     model.load_weights(weights_path)
     if bias_correction:
         correct_weight_rounding_bias(model, calibration)

@@ -105,3 +105,28 @@ def load_images(
             tqdm(pool.map(lambda p: load_rgb(p, size_wh, effect), paths), total=len(paths), desc=desc)
         )
     return np.stack(images)
+
+
+# The cross-source set (glass, metal, plastic photos from elsewhere: ../shared/datasets/drinking-waste-dev).
+# A fixed half, chosen by the sha1 of the file name as TrashNet's split is, is never used for any choice
+# (recipe, weight interpolation, temperature, threshold): it is the honest figure. The other half
+# ("tune") chooses the interpolation and calibrates the confidence across sources.
+DEV_LABELS = ("glass", "metal", "plastic")
+
+
+def dev_part_of(path: Path) -> str:
+    digest = hashlib.sha1(path.name.encode()).hexdigest()
+    return "heldout" if int(digest[:8], 16) % 2 == 0 else "tune"
+
+
+def list_dev(root: Path, part: str) -> Split:
+    """One part ("tune" or "heldout") of the cross-source dev set, labelled with TrashNet's indices."""
+    paths, labels = [], []
+    for label in DEV_LABELS:
+        found = sorted(p for p in (root / label).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        if not found:
+            raise SystemExit(f"no images in {root / label}; is --dev the drinking-waste-dev folder?")
+        chosen = [p for p in found if dev_part_of(p) == part]
+        paths += chosen
+        labels += [LABELS.index(label)] * len(chosen)
+    return Split(paths, np.array(labels, dtype=np.int64))

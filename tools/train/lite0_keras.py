@@ -34,7 +34,11 @@ INPUT_STD = 128.0
 
 
 def build_lite0(
-    num_classes: int, input_wh: tuple[int, int] | None = None, dropout: float = 0.2, drop_path: float = 0.0
+    num_classes: int,
+    input_wh: tuple[int, int] | None = None,
+    dropout: float = 0.2,
+    drop_path: float = 0.0,
+    embedding_output: bool = False,
 ) -> keras.Model:
     """Lite0 taking raw RGB pixels in [0, 255] (float), returning logits.
 
@@ -44,38 +48,70 @@ def build_lite0(
     connect", rising linearly from 0 at the first block); it only acts while training, holds no
     weights, and is left out (0) when building the graph to convert.
     """
+    pixels, x = _stem(input_wh)
+    x = _blocks(x, 0, len(BLOCKS), drop_path)
+    return _head(pixels, x, num_classes, dropout, embedding_output)
+
+
+def _stem(input_wh: tuple[int, int] | None):
     height_width = (input_wh[1], input_wh[0]) if input_wh else (None, None)
     pixels = keras.Input(shape=(*height_width, 3), name="pixels")
     x = layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="normalise")(pixels)
     x = layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name="stem_bn")(x)
-    x = layers.ReLU(6.0, name="stem_relu")(x)
+    return pixels, layers.ReLU(6.0, name="stem_relu")(x)
 
-    in_channels = STEM_CHANNELS
-    block_index = 0
-    blocks = sum(repeats for repeats, *_ in STAGES)
-    for repeats, kernel, stride, expand, out_channels in STAGES:
-        for repeat in range(repeats):
-            x = _mbconv(
-                x,
-                block_index,
-                in_channels,
-                out_channels,
-                kernel,
-                stride if repeat == 0 else 1,
-                expand,
-                drop_path * block_index / blocks,
-            )
-            in_channels = out_channels
-            block_index += 1
 
+# (in channels, out channels, kernel, stride, expand) of each MBConv block, in order.
+BLOCKS: list[tuple[int, int, int, int, int]] = []
+for _repeats, _kernel, _stride, _expand, _out in STAGES:
+    for _repeat in range(_repeats):
+        BLOCKS.append(
+            (BLOCKS[-1][1] if BLOCKS else STEM_CHANNELS, _out, _kernel, _stride if _repeat == 0 else 1, _expand)
+        )
+
+
+def _blocks(x, first: int, end: int, drop_path: float = 0.0):
+    for index in range(first, end):
+        in_channels, out_channels, kernel, stride, expand = BLOCKS[index]
+        x = _mbconv(
+            x, index, in_channels, out_channels, kernel, stride, expand, drop_path * index / len(BLOCKS)
+        )
+    return x
+
+
+def _head(inputs, x, num_classes: int, dropout: float, embedding_output: bool) -> keras.Model:
     x = layers.Conv2D(HEAD_CHANNELS, 1, use_bias=False, name="head_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name="head_bn")(x)
     x = layers.ReLU(6.0, name="head_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
+    pooled = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(pooled)
     logits = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(pixels, logits, name="efficientnet_lite0")
+    # The pooled features are the model's second output when asked: the device adapts to its site
+    # on them (class prototypes, a small head) without retraining the network.
+    outputs = [logits, pooled] if embedding_output else logits
+    return keras.Model(inputs, outputs, name="efficientnet_lite0")
+
+
+def build_top(num_classes: int, first_block: int, dropout: float = 0.2) -> keras.Model:
+    """Blocks `first_block`.. plus the head, taking the previous block's activations; outputs
+    (logits, pooled). Layer names match build_lite0's, so weights move between the two by name."""
+    features = keras.Input(shape=(None, None, BLOCKS[first_block][0]), name="features")
+    return _head(features, _blocks(features, first_block, len(BLOCKS)), num_classes, dropout, True)
+
+
+def build_trunk(first_top_block: int, input_wh: tuple[int, int] | None = None) -> keras.Model:
+    """Pixels -> the activations entering block `first_top_block` (the frozen part of a fine-tune)."""
+    pixels, x = _stem(input_wh)
+    return keras.Model(pixels, _blocks(x, 0, first_top_block), name="lite0_trunk")
+
+
+def copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
+    """Weights of every layer the two models share by name, from `source` into `target`."""
+    in_source = {layer.name for layer in source.layers}
+    for layer in target.layers:
+        if layer.weights and layer.name in in_source:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
 def _mbconv(
