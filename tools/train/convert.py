@@ -79,7 +79,9 @@ def convert_int8(
 ) -> bytes:
     """The int8 .tflite bytes; with `embedding_output`, the pooled features are a second output."""
     height, width = calibration.shape[1:3]
-    model = lite0_keras.build_lite0(len(data.LABELS), input_wh=(width, height), embedding_output=embedding_output)
+    model = lite0_keras.build_lite0(
+        len(data.LABELS), input_wh=(width, height), embedding_output=embedding_output
+    )
     model.load_weights(weights_path)
     if bias_correction:
         correct_weight_rounding_bias(model, calibration)

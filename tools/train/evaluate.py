@@ -134,7 +134,7 @@ BIN_THRESHOLD_RULE = (
 def missort_at_coverage(probs: np.ndarray, labels: np.ndarray, coverage: float) -> float:
     """Mis-sorts among the `coverage` share of items the model is most confident about."""
     order = np.argsort(-probs.max(axis=1), kind="stable")
-    kept = order[: max(1, int(round(coverage * len(labels))))]
+    kept = order[: max(1, round(coverage * len(labels)))]
     return float((probs[kept].argmax(axis=1) != labels[kept]).mean())
 
 

@@ -67,7 +67,13 @@ BLOCKS: list[tuple[int, int, int, int, int]] = []
 for _repeats, _kernel, _stride, _expand, _out in STAGES:
     for _repeat in range(_repeats):
         BLOCKS.append(
-            (BLOCKS[-1][1] if BLOCKS else STEM_CHANNELS, _out, _kernel, _stride if _repeat == 0 else 1, _expand)
+            (
+                BLOCKS[-1][1] if BLOCKS else STEM_CHANNELS,
+                _out,
+                _kernel,
+                _stride if _repeat == 0 else 1,
+                _expand,
+            )
         )
 
 

@@ -228,7 +228,11 @@ def main() -> None:
             ),
         },
         "license": "Apache-2.0 base weights; TrashNet data MIT (Gary Thung)"
-        + ("; dev figures: drinking-waste-dev, CC BY 4.0 (duenng, Roboflow Universe)" if transfer_recipe else ""),
+        + (
+            "; dev figures: drinking-waste-dev, CC BY 4.0 (duenng, Roboflow Universe)"
+            if transfer_recipe
+            else ""
+        ),
     }
     card = evaluate_shipped(tmp_tflite, val_split, dev, config.input_wh, weights, card)
     tmp_tflite.rename(tflite_path)
@@ -286,7 +290,9 @@ def evaluate_shipped(
             "the card's mean/std would not describe the model"
         )
     logits = evaluate.int8_logits(classifier, images)
-    dev_images = {part: data.load_images(split.paths, size_wh, f"decode dev {part}") for part, split in dev.items()}
+    dev_images = {
+        part: data.load_images(split.paths, size_wh, f"decode dev {part}") for part, split in dev.items()
+    }
     dev_logits = {part: evaluate.int8_logits(classifier, dev_images[part]) for part in dev}
     predictions = logits.argmax(axis=1)
     temperature = evaluate.fit_temperature(
@@ -311,7 +317,9 @@ def evaluate_shipped(
             "n": len(split.labels),
             "top1": round(float((dev_probs[part].argmax(axis=1) == split.labels).mean()), 4),
             "per_class_recall": {
-                data.LABELS[c]: round(float((dev_probs[part].argmax(axis=1)[split.labels == c] == c).mean()), 4)
+                data.LABELS[c]: round(
+                    float((dev_probs[part].argmax(axis=1)[split.labels == c] == c).mean()), 4
+                )
                 for c in np.unique(split.labels)
             },
             "accepted": round(at_threshold.coverage, 4),

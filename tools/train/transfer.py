@@ -88,7 +88,9 @@ def train_activations(
             chunk_path = chunks_dir / f"{start:06d}.npy"
 
             def make(start=start):
-                images = np.stack(list(pool.map(bin_scenes.training_input, jobs[start : start + CHUNK], chunksize=16)))
+                images = np.stack(
+                    list(pool.map(bin_scenes.training_input, jobs[start : start + CHUNK], chunksize=16))
+                )
                 if start == 0:
                     preview = np.vstack([np.hstack(list(images[r * 8 : r * 8 + 8])) for r in range(4)])
                     cv2.imwrite(str(run_dir / "copies_preview.jpg"), cv2.cvtColor(preview, cv2.COLOR_RGB2BGR))
@@ -161,7 +163,7 @@ def train(
     pooled = keras.Model(top.inputs, top.outputs[1]).predict(acts, batch_size=128, verbose=0)
     top.get_layer("logits").set_weights(linear_probe(config, pooled, labels))
     probe_weights = _top_weights(top)
-    history: dict = {"config": asdict(config), "train_images": int(len(acts))}
+    history: dict = {"config": asdict(config), "train_images": len(acts)}
     history["probe"] = {
         "val_top1": _accuracy(top, val_acts, val_split.labels),
         "dev_tune_top1": _accuracy(top, dev_acts, dev_tune.labels),
@@ -203,7 +205,9 @@ def train(
     # WiSE-FT: blend every top weight; choose the blend on val and the dev tune half, equally weighted.
     blends = []
     for alpha in config.wise_alphas:
-        top.set_weights([(1 - alpha) * p + alpha * t for p, t in zip(probe_weights, tuned_weights, strict=True)])
+        top.set_weights(
+            [(1 - alpha) * p + alpha * t for p, t in zip(probe_weights, tuned_weights, strict=True)]
+        )
         blends.append(
             {
                 "alpha": alpha,
