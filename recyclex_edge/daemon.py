@@ -27,7 +27,8 @@ import cv2
 from aiohttp import web
 
 from recyclex_edge import __version__
-from recyclex_edge.api import ACCESS_LOG, EVENTS, AccessLogger, build_app
+from recyclex_edge.api import EVENTS, build_app
+from recyclex_edge.api.guard import ConnectionGuard, GuardedSite, ensure_file_limit, handler_options
 from recyclex_edge.api.keys import INFERENCE
 from recyclex_edge.api.page import add_technician_page, camera_jpeg
 from recyclex_edge.camera import Camera, build_camera
@@ -40,6 +41,7 @@ from recyclex_edge.gpio import GpioError, make_pin_factory
 from recyclex_edge.health import HealthRegistry, Status
 from recyclex_edge.history import History
 from recyclex_edge.housekeeping import check_disk, check_temperature
+from recyclex_edge.logs import flush_suppressed
 from recyclex_edge.mqtt import CommandHandler, MqttBridge
 from recyclex_edge.notify import Liveness, Notifier, watchdog_interval_s
 from recyclex_edge.outbox import Outbox
@@ -104,6 +106,7 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.mqtt: MqttBridge | None = None
         self.app: web.Application | None = None
+        self.connection_guard: ConnectionGuard | None = None
         self._sinks: list[EventSink] = []
         # reload-model comes from MQTT's thread or the technician page; one at a time.
         self._reload_lock = threading.Lock()
@@ -349,6 +352,7 @@ class Daemon:
         while True:
             try:
                 await asyncio.to_thread(self._housekeeping)
+                flush_suppressed()
             except Exception:
                 log.exception("housekeeping failed; trying again in %.0f s", HOUSEKEEPING_INTERVAL_S)
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
@@ -402,18 +406,15 @@ class Daemon:
         self._sinks = [*sinks, hub.publish]
         self._start_pipeline(self._sinks)
 
-        runner = web.AppRunner(
-            self.app,
-            access_log_class=AccessLogger,
-            access_log=ACCESS_LOG,
-            keepalive_timeout=config.http.keepalive_timeout_s,
-            handle_signals=False,
-        )
+        options = handler_options(config.http)
+        runner = web.AppRunner(self.app, handle_signals=False, **options)
         await runner.setup()
+        self.connection_guard = ConnectionGuard(config.http.connections)
+        ensure_file_limit(config.http.connections)
         watchdog: asyncio.Task[None] | None = None
         housekeeping = asyncio.create_task(self._keep_house())
         try:
-            site = web.TCPSite(runner, config.http.host, config.http.port)
+            site = GuardedSite(runner, config.http.host, config.http.port, self.connection_guard, options)
             await site.start()
             log.info(
                 "recyclex-edge %s serving http://%s:%d (device %s)",

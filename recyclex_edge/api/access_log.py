@@ -1,4 +1,9 @@
-"""One structured (logfmt) line per request: method, path, status, ms, client, bytes. Never a body."""
+"""One structured (logfmt) line per request: method, path, status, ms, client, bytes. Never a body.
+
+Fields that come from the client are clipped (a path of 8 kB writes 8 kB of log otherwise); the log
+formatter escapes their control characters, and the log's rate limit keeps a bucket per client
+(`log_key`), so one client's flood of requests cannot fill the journal or crowd out others' lines.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,16 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 from recyclex_edge.api.keys import CLIENT, IDENTITY
+from recyclex_edge.logs import LOG_KEY_ATTRIBUTE
 
 ACCESS_LOG = logging.getLogger("recyclex_edge.api.access")
+MAX_PATH_CHARS = 200
+MAX_SUBJECT_CHARS = 100
+
+
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters, saying how many more there were."""
+    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -22,16 +35,18 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         identity = request.get(IDENTITY)
         subject = identity.subject if identity is not None and identity.subject else "-"
+        client = request.get(CLIENT) or request.remote or "-"
         self.logger.info(
             "method=%s path=%s status=%d ms=%.1f client=%s subject=%s bytes_in=%d bytes_out=%d",
-            request.method,
-            request.path,
+            clip(request.method, 20),
+            clip(request.path, MAX_PATH_CHARS),
             response.status,
             time * 1000.0,
-            request.get(CLIENT) or request.remote or "-",
-            subject,
+            client,
+            clip(subject, MAX_SUBJECT_CHARS),
             request.content_length or 0,
             response.body_length,
+            extra={LOG_KEY_ATTRIBUTE: client},
         )
 
     @property

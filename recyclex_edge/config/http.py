@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from recyclex_edge.config.base import Section
+from recyclex_edge.config.connections import ConnectionsConfig
 
 Scope = Literal["predict", "admin"]
 
@@ -164,8 +165,17 @@ class LiveConfig(Section):
     """The /predict/live WebSocket."""
 
     max_connections: int = Field(4, ge=1, le=64, description="Live sockets open at once; more get 503.")
+    max_connections_per_client: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Live sockets one token (or address, with auth off) may hold at once; more get 429.",
+    )
     max_message_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest frame; bigger closes the socket."
+        4 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest frame in bytes; a bigger one closes the socket (1009).",
     )
     heartbeat_s: float = Field(
         20.0, gt=0, le=300, description="Ping interval; a peer that stops answering is closed."
@@ -184,6 +194,14 @@ class HttpConfig(Section):
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     live: LiveConfig = Field(default_factory=LiveConfig)
+    connections: ConnectionsConfig = Field(default_factory=ConnectionsConfig)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "With auth off: Host names the API answers besides IP addresses, localhost and this machine's "
+            "hostname (and hostname.local); others get 400, which stops DNS rebinding. '*': any."
+        ),
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed to call the API, e.g. 'https://dash.example.org'; '*' for any.",
@@ -194,6 +212,9 @@ class HttpConfig(Section):
     )
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024, description="Largest accepted image upload."
+    )
+    max_multipart_parts: int = Field(
+        8, ge=1, le=1000, description="Parts a multipart upload may have before the 'file' field (400)."
     )
     max_pixels: int = Field(
         25_000_000,
