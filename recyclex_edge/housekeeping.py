@@ -29,19 +29,19 @@ def check_disk(
     try:
         free = shutil.disk_usage(state_dir).free
     except OSError as error:
-        health.report(
-            "disk", Status.FAILING, f"cannot read the state directory {state_dir}: {error.strerror}"
-        )
+        health.report("disk", Status.FAILING, f"cannot read the state directory: {error.strerror}")
         return
     free_mib = free / 1024 / 1024
     if free < failing_below_bytes:
         health.report(
-            "disk", Status.FAILING, f"{free_mib:.0f} MiB free in {state_dir}: events cannot be kept"
+            "disk", Status.FAILING, f"{free_mib:.0f} MiB free in the state directory: events cannot be kept"
         )
     elif free < degraded_below_bytes:
-        health.report("disk", Status.DEGRADED, f"{free_mib:.0f} MiB free in {state_dir}: clean up soon")
+        health.report(
+            "disk", Status.DEGRADED, f"{free_mib:.0f} MiB free in the state directory: clean up soon"
+        )
     else:
-        health.report("disk", Status.OK, f"{free_mib:.0f} MiB free in {state_dir}")
+        health.report("disk", Status.OK, f"{free_mib:.0f} MiB free in the state directory")
 
 
 def check_temperature(health: HealthRegistry) -> None:

@@ -1,12 +1,15 @@
 """Turning untrusted bytes into frames, safely.
 
 Uploads are validated by content, not by their declared type: the format comes from the magic bytes and
-the dimensions from the header, so a decompression bomb is refused before a single pixel is decoded.
+the dimensions from the header, so an image with too many pixels is refused before a single one is
+decoded, and a PNG whose data inflates to more than its header's pixels is refused after inflating only
+as much as those pixels need.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Literal
 
 import cv2
@@ -83,6 +86,75 @@ def _check_complete(data: bytes, image_format: ImageFormat) -> None:
         raise ImageDecodeError("truncated PNG: no IEND chunk at the end")
 
 
+# Samples per pixel for each PNG colour type: grey, RGB, palette, grey + alpha, RGBA.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_INFLATE_STEP_BYTES = 1 << 20
+
+
+def _png_raw_bytes(width: int, height: int, bit_depth: int, colour_type: int, interlaced: bool) -> int:
+    """Bytes the inflated image data must have: a filter byte and the packed samples of every row
+    (of every Adam7 pass when interlaced)."""
+    bits_per_pixel = _PNG_CHANNELS[colour_type] * bit_depth
+    if not interlaced:
+        return height * (1 + (width * bits_per_pixel + 7) // 8)
+    total = 0
+    # Adam7 passes: (x start, y start, x step, y step)
+    for x0, y0, dx, dy in (
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    ):
+        columns = (width - x0 + dx - 1) // dx if width > x0 else 0
+        rows = (height - y0 + dy - 1) // dy if height > y0 else 0
+        if columns and rows:
+            total += rows * (1 + (columns * bits_per_pixel + 7) // 8)
+    return total
+
+
+def check_png_inflation(data: bytes) -> None:
+    """Refuse a PNG whose image data inflates to more than its header's pixels need (an inflate bomb:
+    a 100x100 header over gigabytes of zeros), inflating at most that much plus one step to find out.
+
+    Walks the chunks, feeds the IDAT chunks to zlib with an output cap and stops as soon as the output
+    passes the size the header implies. Costs about as much as inflating the real image once.
+    """
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ImageDecodeError("truncated or corrupt PNG: no IHDR header")
+    width, height, bit_depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if colour_type not in _PNG_CHANNELS or bit_depth not in (1, 2, 4, 8, 16):
+        raise ImageDecodeError(f"corrupt PNG: colour type {colour_type} with bit depth {bit_depth}")
+    expected = _png_raw_bytes(width, height, bit_depth, colour_type, interlace == 1)
+    inflater = zlib.decompressobj()
+    produced = 0
+    offset = 8
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        if kind == b"IDAT":
+            pending = data[offset + 8 : offset + 8 + length]
+            while pending:
+                try:
+                    out = inflater.decompress(pending, _INFLATE_STEP_BYTES)
+                except zlib.error as error:
+                    raise ImageDecodeError(
+                        f"corrupt PNG: its image data does not inflate ({error})"
+                    ) from None
+                produced += len(out)
+                if produced > expected:
+                    raise ImageDecodeError(
+                        f"PNG image data inflates to more than the {expected} bytes its "
+                        f"{width}x{height} header needs (a decompression bomb)"
+                    )
+                pending = inflater.unconsumed_tail
+        elif kind == b"IEND":
+            break
+        offset += 12 + length
+
+
 def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     """JPEG/PNG bytes -> BGR uint8 frame.
 
@@ -94,6 +166,8 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     if width * height > max_pixels:
         raise ImageDecodeError(f"image is {width}x{height} pixels, more than the limit of {max_pixels}")
     _check_complete(data, image_format)
+    if image_format == "png":
+        check_png_inflation(data)
     frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if frame is None:
         raise ImageDecodeError("corrupt or truncated image: the decoder could not read it")

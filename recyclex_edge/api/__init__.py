@@ -21,6 +21,7 @@ from recyclex_edge.api.cache import ResultCache
 from recyclex_edge.api.errors import error_middleware
 from recyclex_edge.api.inference import InferenceService, InferenceSlot
 from recyclex_edge.api.keys import (
+    ALLOWED_HOSTS,
     AUTHENTICATOR,
     CLASSIFIER,
     CONFIG,
@@ -28,6 +29,7 @@ from recyclex_edge.api.keys import (
     HEALTH,
     INFERENCE,
     LIVE_SOCKETS,
+    LIVE_SOCKETS_PER_CLIENT,
     METRICS,
     RATE_LIMITER,
     ROUTE_POLICIES,
@@ -35,9 +37,11 @@ from recyclex_edge.api.keys import (
 )
 from recyclex_edge.api.metrics import Metrics
 from recyclex_edge.api.middleware import (
+    allowed_host_names,
     cors_middleware,
     deadline_middleware,
     guard_middleware,
+    host_middleware,
     observe_middleware,
 )
 from recyclex_edge.api.ratelimit import RateLimiter
@@ -166,6 +170,7 @@ def build_app(config: Config, classifier: Classifier | None, health: HealthRegis
             observe_middleware,
             cors_middleware,
             error_middleware,
+            host_middleware,
             guard_middleware,
             deadline_middleware,
         ],
@@ -179,11 +184,13 @@ def build_app(config: Config, classifier: Classifier | None, health: HealthRegis
     app[EVENTS] = EventHub(http.live.event_queue_size)
     app[METRICS] = Metrics()
     app[AUTHENTICATOR] = authenticator
+    app[ALLOWED_HOSTS] = allowed_host_names(http.allowed_hosts)
     app[RATE_LIMITER] = _rate_limiter(http)
     app[ROUTE_POLICIES] = _route_policies(http)
     app[STARTED_MONOTONIC] = time.monotonic()
     live_sockets: set[web.WebSocketResponse] = set()
     app[LIVE_SOCKETS] = live_sockets
+    app[LIVE_SOCKETS_PER_CLIENT] = {}
     app.cleanup_ctx.append(_uploads_ctx)
     app.cleanup_ctx.append(_inference_ctx(policy))
     app.on_shutdown.append(_close_live_sockets)

@@ -12,17 +12,13 @@ import logging
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from recyclex_edge.api.errors import clip
 from recyclex_edge.api.keys import CLIENT, IDENTITY
 from recyclex_edge.logs import LOG_KEY_ATTRIBUTE
 
 ACCESS_LOG = logging.getLogger("recyclex_edge.api.access")
 MAX_PATH_CHARS = 200
 MAX_SUBJECT_CHARS = 100
-
-
-def clip(text: str, limit: int) -> str:
-    """At most `limit` characters, saying how many more there were."""
-    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 
 class AccessLogger(AbstractAccessLogger):

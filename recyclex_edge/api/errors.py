@@ -27,6 +27,15 @@ _AIOHTTP_MESSAGES = {
 }
 
 
+# Echoed request parts (a path, a field name) are clipped to this, so an answer stays small.
+MAX_ECHO_CHARS = 100
+
+
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """At most `limit` characters, saying how many more there were."""
+    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
 # Set on the request when an ApiError answered it, for the `rejected` metric.
 REJECTED_REASON = web.RequestKey("rejected_reason", str)
 
@@ -64,10 +73,12 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> web.Response:
     message = _AIOHTTP_MESSAGES.get(exc.status, exc.reason)
     if exc.status == 404:
-        message = f"no such endpoint: {request.method} {request.path}; GET /openapi.json lists them"
+        message = (
+            f"no such endpoint: {clip(request.method, 20)} {clip(request.path)}; GET /openapi.json lists them"
+        )
     elif exc.status == 405 and isinstance(exc, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(exc.allowed_methods))
-        message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        message = f"{clip(request.method, 20)} is not allowed on {clip(request.path)}; use {allowed}"
     # Keep the headers that tell the client what to do (Allow, Retry-After ...), not the body's.
     headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
     return error_response(exc.status, message, headers)
@@ -85,5 +96,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         return _from_http_exception(exc, request)
     except Exception:
-        log.exception("unexpected error answering %s %s", request.method, request.path)
+        log.exception("unexpected error answering %s %s", clip(request.method, 20), clip(request.path))
         return error_response(500, "internal error; it has been logged on the bin, try again or report it")

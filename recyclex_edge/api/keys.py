@@ -25,6 +25,10 @@ ROUTE_POLICIES = web.AppKey[dict[str, RoutePolicy]]("route_policies")
 INFERENCE = web.AppKey("inference", InferenceSlot)
 STARTED_MONOTONIC = web.AppKey("started_monotonic", float)
 LIVE_SOCKETS = web.AppKey[set[web.WebSocketResponse]]("live_sockets")
+# Live sockets open per client (token subject, else address), for the per-client cap.
+LIVE_SOCKETS_PER_CLIENT = web.AppKey[dict[str, int]]("live_sockets_per_client")
+# Host names answered with auth off (besides IP addresses), see middleware.host_middleware.
+ALLOWED_HOSTS = web.AppKey[frozenset[str]]("allowed_hosts")
 
 CLIENT = web.RequestKey("client", str)
 IDENTITY = web.RequestKey("identity", Identity)

@@ -1,4 +1,4 @@
-"""The request pipeline, outermost first: observe -> CORS -> errors -> guard -> deadline -> handler.
+"""The request pipeline, outermost first: observe -> CORS -> errors -> host -> guard -> deadline -> handler.
 
 `observe` sees the final status of everything (metrics, the access log's client); CORS headers go on
 error answers too, so a browser can read them; the guard identifies the caller, applies the rate limit,
@@ -8,14 +8,16 @@ then the route's scope, in that order, so failed logins are rate limited as well
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from ipaddress import ip_address
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from recyclex_edge.api.errors import REJECTED_REASON, ApiError, error_response
+from recyclex_edge.api.errors import REJECTED_REASON, ApiError, clip, error_response
 from recyclex_edge.api.keys import (
+    ALLOWED_HOSTS,
     AUTHENTICATOR,
     CLIENT,
     CONFIG,
@@ -95,7 +97,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
     ):
         if not allowed:
-            return error_response(403, f"origin {origin} is not allowed; add it to http.cors_origins")
+            return error_response(403, f"origin {clip(origin)} is not allowed; add it to http.cors_origins")
         return web.Response(
             status=204,
             headers={
@@ -143,17 +145,19 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     identity = authenticator.identify(request.headers.get(hdrs.AUTHORIZATION) or websocket_bearer(request))
     request[IDENTITY] = identity
     policy = app[ROUTE_POLICIES].get(route_template(request))
-    if policy is None:  # unknown path or method: the router answers 404/405
-        return await handler(request)
     if app[CONFIG].http.rate_limit.enabled:
-        retry_after_s = app[RATE_LIMITER].retry_after_s(identity.subject or request[CLIENT], policy.bucket)
+        # Unknown paths spend the 'other' budget too: a flood of them costs a 429, not a 404 each.
+        bucket = policy.bucket if policy is not None else "other"
+        retry_after_s = app[RATE_LIMITER].retry_after_s(identity.subject or request[CLIENT], bucket)
         if retry_after_s:
             raise ApiError(
                 429,
-                f"too many requests to {request.path}; retry in {retry_after_s} s",
+                f"too many requests to {clip(request.path)}; retry in {retry_after_s} s",
                 reason="rate_limited",
                 headers={hdrs.RETRY_AFTER: str(retry_after_s)},
             )
+    if policy is None:  # unknown path or method: the router answers 404/405
+        return await handler(request)
     if authenticator.enabled and not policy.public and not identity.allows(policy.scope):
         if identity.subject is None:
             challenge = _REALM + (', error="invalid_token"' if identity.problem else "")
@@ -188,3 +192,60 @@ async def deadline_middleware(request: web.Request, handler: Handler) -> web.Str
             reason="deadline",
             headers={hdrs.RETRY_AFTER: "5"},
         ) from None
+
+
+def _host_name(host: str) -> str:
+    """'Example.org.:8080' -> 'example.org'; '[::1]:8080' -> '::1'."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".").lower()
+
+
+def allowed_host_names(configured: list[str]) -> frozenset[str]:
+    """The names a bin answers to with auth off: configured ones, localhost and its own hostname."""
+    hostname = socket.gethostname().lower()
+    return frozenset({"localhost", hostname, f"{hostname}.local", *(name.lower() for name in configured)})
+
+
+def host_allowed(host: str | None, names: frozenset[str]) -> bool:
+    """IP literals always pass (DNS rebinding needs a name that resolves to us); names must be known."""
+    if not host or "*" in names:
+        return True
+    name = _host_name(host)
+    try:
+        ip_address(name)
+    except ValueError:
+        return name in names or name.endswith(".localhost")
+    return True
+
+
+@web.middleware
+async def host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With auth off, a page on another site could rebind its name to the bin's address and use the API
+    from the visitor's browser; such requests carry that site's name in Host, so unknown names are refused.
+    With auth on a request needs a token the page cannot have, so there is nothing to check."""
+    if not request.app[AUTHENTICATOR].enabled and not host_allowed(
+        request.headers.get(hdrs.HOST), request.app[ALLOWED_HOSTS]
+    ):
+        raise ApiError(
+            400,
+            f"this bin does not answer to the name {clip(request.headers.get(hdrs.HOST, ''), 60)!r}; "
+            "use its address, or add the name to http.allowed_hosts",
+            reason="bad_host",
+        )
+    return await handler(request)
+
+
+def websocket_origin_allowed(request: web.Request) -> bool:
+    """A browser's WebSocket carries Origin and is not bound by CORS: accept the bin's own page and the
+    configured origins only. Clients that are not browsers send no Origin and are not affected."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None:
+        return True
+    origins = request.app[CONFIG].http.cors_origins
+    if origin in origins or "*" in origins:
+        return True
+    host = request.headers.get(hdrs.HOST)
+    return host is not None and origin in (f"http://{host}", f"https://{host}")

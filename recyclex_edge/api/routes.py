@@ -11,20 +11,23 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from recyclex_edge import __version__
-from recyclex_edge.api.errors import ApiError
+from recyclex_edge.api.errors import ApiError, clip
 from recyclex_edge.api.inference import InferenceService
 from recyclex_edge.api.keys import (
     CLASSIFIER,
+    CLIENT,
     CONFIG,
     EVENTS,
     HEALTH,
+    IDENTITY,
     INFERENCE,
     LIVE_SOCKETS,
+    LIVE_SOCKETS_PER_CLIENT,
     METRICS,
     STARTED_MONOTONIC,
 )
 from recyclex_edge.api.live import LiveSession
-from recyclex_edge.api.middleware import websocket_protocol_token
+from recyclex_edge.api.middleware import websocket_origin_allowed, websocket_protocol_token
 from recyclex_edge.api.openapi import OPENAPI
 from recyclex_edge.api.uploads import FileSink, MemorySink, UploadKind, receive_upload
 from recyclex_edge.api.video import VideoLimits, summarise
@@ -73,9 +76,22 @@ async def health(request: web.Request) -> web.Response:
                 "sha256": classifier.card.sha256,
             }
         ),
-        "components": {name: component.as_dict() for name, component in sorted(registry.snapshot().items())},
+        "components": {
+            name: _without_paths(component.as_dict(), request.app[CONFIG].storage.state_dir)
+            for name, component in sorted(registry.snapshot().items())
+        },
     }
     return web.json_response(body, status=503 if overall == Status.FAILING else 200)
+
+
+def _without_paths(component: dict[str, str], state_dir: Path) -> dict[str, str]:
+    """/health is public: a component's detail (an outbox that cannot open its file, say) must not tell
+    a stranger where the bin keeps its state. The log keeps the full text for technicians."""
+    detail = component["detail"]
+    for path in {str(state_dir.resolve()), str(state_dir)}:
+        if path not in ("", "."):
+            detail = detail.replace(path, "<state_dir>")
+    return {**component, "detail": detail}
 
 
 @api_routes.post("/predict/image")
@@ -88,6 +104,7 @@ async def predict_image(request: web.Request) -> web.Response:
         frozenset({"image/jpeg", "image/png"}),
         config.max_upload_bytes,
         lambda head: sniff_format(head) is not None,
+        config.max_multipart_parts,
     )
     sink = MemorySink()
     await receive_upload(request, kind, sink, config.read_timeout_s)
@@ -106,7 +123,7 @@ def _sample_fps(request: web.Request) -> float:
     except ValueError:
         fps = 0.0
     if not fps > 0 or fps == float("inf"):
-        raise ApiError(400, f"fps must be a positive number, got {raw!r}", reason="bad_parameter")
+        raise ApiError(400, f"fps must be a positive number, got {clip(raw, 40)!r}", reason="bad_parameter")
     return min(fps, config.video_fps_max)
 
 
@@ -118,7 +135,11 @@ async def predict_video(request: web.Request) -> web.Response:
     http = config.http
     sample_fps = _sample_fps(request)
     kind = UploadKind(
-        "an MP4 video", frozenset({"video/mp4"}), http.max_video_bytes, lambda head: head[4:8] == b"ftyp"
+        "an MP4 video",
+        frozenset({"video/mp4"}),
+        http.max_video_bytes,
+        lambda head: head[4:8] == b"ftyp",
+        http.max_multipart_parts,
     )
     # Videos go to a file in the state directory, never whole into memory; it is removed on every path.
     fd, name = await asyncio.to_thread(
@@ -154,7 +175,23 @@ async def predict_live(request: web.Request) -> web.WebSocketResponse:
     service = _service(request)
     app = request.app
     live = app[CONFIG].http.live
+    if not websocket_origin_allowed(request):
+        raise ApiError(
+            403,
+            f"WebSocket origin {clip(request.headers.get(hdrs.ORIGIN, ''))} is not allowed; "
+            "add it to http.cors_origins",
+            reason="bad_origin",
+        )
     sockets = app[LIVE_SOCKETS]
+    per_client = app[LIVE_SOCKETS_PER_CLIENT]
+    holder = request[IDENTITY].subject or request[CLIENT]
+    if per_client.get(holder, 0) >= live.max_connections_per_client:
+        raise ApiError(
+            429,
+            f"you have {per_client[holder]} live sockets open, the limit per token; close one first",
+            reason="too_many_sockets_per_client",
+            headers={hdrs.RETRY_AFTER: "5"},
+        )
     if len(sockets) >= live.max_connections:
         raise ApiError(
             503,
@@ -165,11 +202,13 @@ async def predict_live(request: web.Request) -> web.WebSocketResponse:
     offered = websocket_protocol_token(request)
     ws = web.WebSocketResponse(
         heartbeat=live.heartbeat_s,
-        max_msg_size=live.max_message_bytes,
+        # aiohttp refuses a message whose size reaches max_msg_size; the limit is inclusive for us.
+        max_msg_size=live.max_message_bytes + 1,
         protocols=(offered,) if offered is not None else (),  # echoed, or the browser drops the socket
     )
     await ws.prepare(request)
     sockets.add(ws)
+    per_client[holder] = per_client.get(holder, 0) + 1
     try:
         rate_limit = app[CONFIG].http.rate_limit
         fps_limit = rate_limit.live_fps if rate_limit.enabled else None
@@ -177,6 +216,9 @@ async def predict_live(request: web.Request) -> web.WebSocketResponse:
         await session.run()
     finally:
         sockets.discard(ws)
+        per_client[holder] -= 1
+        if per_client[holder] <= 0:
+            del per_client[holder]
     return ws
 
 

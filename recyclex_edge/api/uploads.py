@@ -16,13 +16,15 @@ from typing import BinaryIO, Protocol
 from aiohttp import BodyPartReader, ClientError, web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from recyclex_edge.api.errors import ApiError
+from recyclex_edge.api.errors import ApiError, clip
 
 CHUNK_BYTES = 256 * 1024
 HEAD_BYTES = 16
 # Room for multipart boundaries, part headers and small extra fields around the file itself.
 _MULTIPART_SLACK_BYTES = 64 * 1024
 _FIELD = "file"
+_MAX_NAMES_SHOWN = 5
+_MAX_NAME_CHARS = 40
 
 
 class Sink(Protocol):
@@ -37,6 +39,9 @@ class UploadKind:
     raw_types: frozenset[str]
     max_bytes: int
     check_head: Callable[[bytes], bool]
+    # Parts a multipart form may have up to the file; each costs a pass of the event loop's parser,
+    # so 100k empty parts would hold the loop for seconds.
+    max_parts: int = 8
 
 
 class MemorySink:
@@ -113,6 +118,13 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def _field_names(seen: list[str]) -> str:
+    """The first few field names, each clipped: an error must not echo an unbounded request."""
+    shown = ", ".join(repr(clip(name, _MAX_NAME_CHARS)) for name in seen[:_MAX_NAMES_SHOWN])
+    more = f" and {len(seen) - _MAX_NAMES_SHOWN} more" if len(seen) > _MAX_NAMES_SHOWN else ""
+    return f" (got {shown}{more})" if seen else ""
+
+
 async def _from_multipart(request: web.Request, kind: UploadKind, sink: Sink) -> int:
     reader = await request.multipart()
     seen: list[str] = []
@@ -120,11 +132,17 @@ async def _from_multipart(request: web.Request, kind: UploadKind, sink: Sink) ->
         if isinstance(part, BodyPartReader) and part.name == _FIELD:
             return await _copy(_part_chunks(part), kind, sink)
         seen.append(getattr(part, "name", None) or "?")
+        if len(seen) >= kind.max_parts:
+            raise ApiError(
+                400,
+                f"the multipart form has more than {kind.max_parts} parts before the field '{_FIELD}'"
+                f"{_field_names(seen)}; send the file as '{_FIELD}' with few other fields",
+                reason="too_many_parts",
+            )
         await part.release()
-    fields = f" (got {', '.join(repr(name) for name in seen)})" if seen else ""
     raise ApiError(
         400,
-        f"the multipart form has no field '{_FIELD}'{fields}; send the file as '{_FIELD}'",
+        f"the multipart form has no field '{_FIELD}'{_field_names(seen)}; send the file as '{_FIELD}'",
         reason="bad_field",
     )
 
@@ -149,7 +167,9 @@ async def receive_upload(request: web.Request, kind: UploadKind, sink: Sink, tim
             else:
                 size = await _copy(request.content.iter_chunked(CHUNK_BYTES), kind, sink)
     except (ValueError, BadHttpMessage) as error:  # aiohttp's multipart parser on a malformed body
-        raise ApiError(400, f"malformed multipart body: {error}", reason="malformed") from None
+        raise ApiError(
+            400, f"malformed multipart body: {clip(str(error), 100)}", reason="malformed"
+        ) from None
     except (ClientError, ConnectionError):
         raise ApiError(400, "the upload was interrupted; send it again", reason="interrupted") from None
     except TimeoutError:
