@@ -67,3 +67,20 @@ def test_unit_has_what_the_daemon_relies_on() -> None:
     assert settings["StateDirectory"] == "recyclex-edge"
     assert "WatchdogSec" in settings and "MemoryMax" in settings
     assert "gpio" in settings["SupplementaryGroups"] and "video" in settings["SupplementaryGroups"]
+
+
+def test_limits_fit_the_http_caps_and_the_unit_always_comes_back() -> None:
+    """Issue 18: with 1024 files the bin ran out of them before any cap; with StartLimitBurst it stayed
+    down after an attack made it crash five times."""
+    from recyclex_edge.api.guard import files_needed
+    from recyclex_edge.config import Config
+
+    settings = dict(
+        line.split("=", 1)
+        for line in UNIT.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert int(settings["LimitNOFILE"]) >= files_needed(Config().http.connections)
+    assert settings["StartLimitIntervalSec"] == "0", "no start limit: the bin recovers by itself"
+    assert float(settings["RestartSec"]) >= 5, "restarts are paced"
+    assert settings["MemoryMax"].endswith("M") and int(settings["MemoryMax"][:-1]) >= 400
