@@ -27,6 +27,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Access log records carry this attribute: the client the bucket is kept for.
 LOG_KEY_ATTRIBUTE = "log_key"
 _SUMMARY_ATTRIBUTE = "log_summary"
+# A logger's messages together may write this many kinds' worth of lines.
+LOGGER_SHARE = 4.0
 
 
 def _escape_match(match: re.Match[str]) -> str:
@@ -79,7 +81,6 @@ class _Bucket:
     tokens: float
     updated: float
     suppressed: int = 0
-    first_suppressed: float = 0.0
     sample: str = ""
 
 
@@ -87,8 +88,10 @@ class LogRateLimiter(logging.Filter):
     """A logging filter: a token bucket per kind of message, with counted, summarised suppression.
 
     The kind is (logger, level, format string), or (logger, `record.log_key`) when the record names one
-    (the access log names its client). Kinds are forgotten least recently used beyond `max_kinds`, so
-    the filter's own memory is bounded too. Thread-safe: camera and inference threads log as well.
+    (the access log names its client). A logger's kinds together also share a bucket `LOGGER_SHARE`
+    times as large, so a flood from many addresses is bounded as a whole. Kinds are forgotten least
+    recently used beyond `max_kinds`, so the filter's own memory is bounded too. Thread-safe: camera and
+    inference threads log as well.
     """
 
     def __init__(
@@ -104,9 +107,15 @@ class LogRateLimiter(logging.Filter):
         self._burst = float(burst)
         self._summary_interval_s = summary_interval_s
         self._max_kinds = max_kinds
-        self._buckets: dict[tuple[str, ...], _Bucket] = {}
+        self._kinds: dict[tuple[str, ...], _Bucket] = {}
+        self._loggers: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
+
+    def _take(self, bucket: _Bucket, now: float, scale: float) -> bool:
+        bucket.tokens = min(self._burst * scale, bucket.tokens + (now - bucket.updated) * self._rate * scale)
+        bucket.updated = now
+        return bucket.tokens >= 1.0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, _SUMMARY_ATTRIBUTE, False):
@@ -114,38 +123,37 @@ class LogRateLimiter(logging.Filter):
         key = _kind(record)
         now = time.monotonic()
         with self._lock:
-            bucket = self._buckets.pop(key, None)  # re-inserted last: the dict is the LRU order
-            if bucket is None:
-                bucket = _Bucket(self._burst, now)
-                if len(self._buckets) >= self._max_kinds:
-                    self._buckets.pop(next(iter(self._buckets)))
-            self._buckets[key] = bucket
-            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
-            bucket.updated = now
-            allowed = bucket.tokens >= 1.0
+            kind = self._kinds.pop(key, None)  # re-inserted last: the dict is the LRU order
+            if kind is None:
+                kind = _Bucket(self._burst, now)
+                if len(self._kinds) >= self._max_kinds:
+                    self._kinds.pop(next(iter(self._kinds)))
+            self._kinds[key] = kind
+            shared = self._loggers.setdefault(record.name, _Bucket(self._burst * LOGGER_SHARE, now))
+            allowed = self._take(kind, now, 1.0) and self._take(shared, now, LOGGER_SHARE)
             if allowed:
-                bucket.tokens -= 1.0
+                kind.tokens -= 1.0
+                shared.tokens -= 1.0
             else:
-                if bucket.suppressed == 0:
-                    bucket.first_suppressed = now
-                    bucket.sample = str(record.msg)[:200]
-                bucket.suppressed += 1
+                if shared.suppressed == 0:
+                    shared.sample = str(record.msg)[:200]
+                shared.suppressed += 1
             due = now - self._last_flush >= self._summary_interval_s
         if due:
             self.flush()
         return allowed
 
     def flush(self) -> None:
-        """Write one summary line for every kind with suppressed lines. Called on any record once the
+        """Write one summary line per logger that had lines suppressed. Called on any record once the
         interval has passed, and by the daemon's housekeeping so a flood that stopped is summed up too."""
         with self._lock:
             self._last_flush = time.monotonic()
-            pending = [(key, b.suppressed, b.sample) for key, b in self._buckets.items() if b.suppressed]
-            for key, _, _ in pending:
-                self._buckets[key].suppressed = 0
-        for key, count, sample in pending:
-            logging.getLogger(key[0]).warning(
-                "%d similar messages suppressed (more than %g a second): %s",
+            pending = [(name, b.suppressed, b.sample) for name, b in self._loggers.items() if b.suppressed]
+            for name, _, _ in pending:
+                self._loggers[name].suppressed = 0
+        for name, count, sample in pending:
+            logging.getLogger(name).warning(
+                "%d similar messages suppressed (more than %g a second of one kind), e.g.: %s",
                 count,
                 self._rate,
                 sample,

@@ -13,12 +13,13 @@ class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Minimum level logged.")
     format: Literal["text", "json"] = Field("text", description="'json' for one JSON object per line.")
     max_lines_per_s: float = Field(
-        10.0,
+        5.0,
         gt=0,
         le=10_000,
         description=(
             "Lines per second one kind of message may write (the same message, or the access log of one "
-            "client); beyond it they are counted and summed up as 'N similar messages suppressed'."
+            "client), and 4 times that for one logger's messages together; beyond it they are counted "
+            "and summed up as 'N similar messages suppressed'."
         ),
     )
     burst_lines: int = Field(
