@@ -187,3 +187,34 @@ async def test_public_health_does_not_name_the_state_directory(api_client, tmp_p
     client = await api_client(classifier=None, health=health)
     text = await (await client.get("/health")).text()
     assert str(tmp_path) not in text and "<state_dir>/outbox.sqlite3" in text
+
+
+async def test_uploads_held_in_memory_are_capped(api_client) -> None:
+    from tests.conftest import API_PREDICT_TOKEN
+
+    client = await api_client("http.max_concurrent_uploads=2")
+    head = (
+        "POST /predict/image HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        f"Authorization: Bearer {API_PREDICT_TOKEN}\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    trickling = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(head + b"\xff\xd8\xff")
+        trickling.append((reader, writer))
+    await asyncio.sleep(0.2)
+    answer = await client.post(
+        "/predict/image",
+        data=val_photos("glass")[0].read_bytes(),
+        headers={**API_AUTH, "Content-Type": "image/jpeg"},
+    )
+    assert answer.status == 503 and "uploads are in progress" in (await answer.json())["error"]
+    for _, writer in trickling:
+        writer.close()
+    await asyncio.sleep(0.2)
+    again = await client.post(
+        "/predict/image",
+        data=val_photos("glass")[0].read_bytes(),
+        headers={**API_AUTH, "Content-Type": "image/jpeg"},
+    )
+    assert again.status == 200, "slots are given back when an upload ends, even an interrupted one"

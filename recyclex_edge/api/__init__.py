@@ -34,6 +34,7 @@ from recyclex_edge.api.keys import (
     RATE_LIMITER,
     ROUTE_POLICIES,
     STARTED_MONOTONIC,
+    UPLOAD_SLOTS,
 )
 from recyclex_edge.api.metrics import Metrics
 from recyclex_edge.api.middleware import (
@@ -46,6 +47,7 @@ from recyclex_edge.api.middleware import (
 )
 from recyclex_edge.api.ratelimit import RateLimiter
 from recyclex_edge.api.routes import UPLOADS_DIR, VIDEO_PREFIX, api_routes
+from recyclex_edge.api.uploads import UploadSlots
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config
 from recyclex_edge.config.http import HttpConfig, parse_rate
@@ -188,6 +190,7 @@ def build_app(config: Config, classifier: Classifier | None, health: HealthRegis
     app[RATE_LIMITER] = _rate_limiter(http)
     app[ROUTE_POLICIES] = _route_policies(http)
     app[STARTED_MONOTONIC] = time.monotonic()
+    app[UPLOAD_SLOTS] = UploadSlots(http.max_concurrent_uploads)
     live_sockets: set[web.WebSocketResponse] = set()
     app[LIVE_SOCKETS] = live_sockets
     app[LIVE_SOCKETS_PER_CLIENT] = {}

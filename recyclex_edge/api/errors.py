@@ -27,6 +27,16 @@ _AIOHTTP_MESSAGES = {
 }
 
 
+# Statuses any request may get before it reaches a route: from the connection guard (api/guard.py), the
+# Host check and aiohttp's parser. /openapi.json lists them on every operation.
+TRANSPORT_ERRORS: dict[int, str] = {
+    400: "not valid HTTP/1.1, or (auth off) a Host name the bin does not answer to",
+    408: "the request line and headers did not arrive within http.connections.header_timeout_s",
+    429: "this address holds http.connections.max_per_client busy connections",
+    431: "the request line and headers exceed http.connections.max_header_bytes",
+    503: "the bin holds http.connections.max_total busy connections, or too many unfinished heads",
+}
+
 # Echoed request parts (a path, a field name) are clipped to this, so an answer stays small.
 MAX_ECHO_CHARS = 100
 

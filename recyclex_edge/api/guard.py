@@ -41,15 +41,6 @@ from recyclex_edge.config.http import HttpConfig
 
 log = logging.getLogger("recyclex_edge.api.guard")
 
-# Statuses the guard and the parser answer with, for /openapi.json (every path may get them).
-TRANSPORT_ERRORS: dict[int, str] = {
-    400: "the request is not valid HTTP/1.1",
-    408: "the request head did not arrive in time",
-    429: "this address has too many connections open",
-    431: "the request line and headers are too large",
-    503: "the bin has too many connections or request heads open",
-}
-
 
 def raw_error_response(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
     """A complete HTTP/1.1 answer with the JSON error body, written straight to a transport."""

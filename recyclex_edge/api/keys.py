@@ -8,6 +8,7 @@ from recyclex_edge.api.auth import Authenticator, Identity, RoutePolicy
 from recyclex_edge.api.inference import InferenceSlot
 from recyclex_edge.api.metrics import Metrics
 from recyclex_edge.api.ratelimit import RateLimiter
+from recyclex_edge.api.uploads import UploadSlots
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config
 from recyclex_edge.events import EventHub
@@ -24,6 +25,7 @@ ROUTE_POLICIES = web.AppKey[dict[str, RoutePolicy]]("route_policies")
 # Set by the cleanup context; its service is None while no classifier is loaded (predict answers 503).
 INFERENCE = web.AppKey("inference", InferenceSlot)
 STARTED_MONOTONIC = web.AppKey("started_monotonic", float)
+UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 LIVE_SOCKETS = web.AppKey[set[web.WebSocketResponse]]("live_sockets")
 # Live sockets open per client (token subject, else address), for the per-client cap.
 LIVE_SOCKETS_PER_CLIENT = web.AppKey[dict[str, int]]("live_sockets_per_client")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from recyclex_edge import __version__
+from recyclex_edge.api.errors import TRANSPORT_ERRORS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -321,3 +322,14 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+def _add_transport_errors(document: dict[str, Any]) -> None:
+    """Every operation may be refused before its route runs (see errors.TRANSPORT_ERRORS)."""
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status, why in TRANSPORT_ERRORS.items():
+                operation["responses"].setdefault(str(status), _json(_ref("Error"), why))
+
+
+_add_transport_errors(OPENAPI)

@@ -25,6 +25,7 @@ from recyclex_edge.api.keys import (
     LIVE_SOCKETS_PER_CLIENT,
     METRICS,
     STARTED_MONOTONIC,
+    UPLOAD_SLOTS,
 )
 from recyclex_edge.api.live import LiveSession
 from recyclex_edge.api.middleware import websocket_origin_allowed, websocket_protocol_token
@@ -106,10 +107,11 @@ async def predict_image(request: web.Request) -> web.Response:
         lambda head: sniff_format(head) is not None,
         config.max_multipart_parts,
     )
-    sink = MemorySink()
-    await receive_upload(request, kind, sink, config.read_timeout_s)
-    digest = sink.sha256() if config.cache.enabled else None
-    prediction = await service.predict_image(sink.data(), digest)
+    with request.app[UPLOAD_SLOTS].hold():
+        sink = MemorySink()
+        await receive_upload(request, kind, sink, config.read_timeout_s)
+        digest = sink.sha256() if config.cache.enabled else None
+        prediction = await service.predict_image(sink.data(), digest)
     return web.json_response(prediction.as_dict((time.perf_counter() - started) * 1000.0))
 
 

@@ -8,8 +8,9 @@ refused early instead of being buffered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -42,6 +43,30 @@ class UploadKind:
     # Parts a multipart form may have up to the file; each costs a pass of the event loop's parser,
     # so 100k empty parts would hold the loop for seconds.
     max_parts: int = 8
+
+
+class UploadSlots:
+    """Image uploads held in memory at once (received, decoding or classifying), so the memory they
+    can take is bounded: `max_uploads x http.max_upload_bytes`. Beyond it a request gets 503."""
+
+    def __init__(self, max_uploads: int) -> None:
+        self.max_uploads = max_uploads
+        self.in_use = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        if self.in_use >= self.max_uploads:
+            raise ApiError(
+                503,
+                f"{self.in_use} uploads are in progress, the limit; retry in a few seconds",
+                reason="too_many_uploads",
+                headers={"Retry-After": "2"},
+            )
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
 
 
 class MemorySink:

@@ -213,6 +213,12 @@ class HttpConfig(Section):
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024, description="Largest accepted image upload."
     )
+    max_concurrent_uploads: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Image uploads held in memory at once (receiving or classifying); beyond it 503.",
+    )
     max_multipart_parts: int = Field(
         8, ge=1, le=1000, description="Parts a multipart upload may have before the 'file' field (400)."
     )
