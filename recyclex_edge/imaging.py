@@ -131,11 +131,12 @@ def check_png_inflation(data: bytes) -> None:
     inflater = zlib.decompressobj()
     produced = 0
     offset = 8
+    view = memoryview(data)  # IDAT slices without copies
     while offset + 8 <= len(data):
         (length,) = struct.unpack(">I", data[offset : offset + 4])
         kind = data[offset + 4 : offset + 8]
         if kind == b"IDAT":
-            pending = data[offset + 8 : offset + 8 + length]
+            pending: bytes | memoryview = view[offset + 8 : offset + 8 + length]
             while pending:
                 try:
                     out = inflater.decompress(pending, _INFLATE_STEP_BYTES)

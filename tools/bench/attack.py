@@ -282,7 +282,7 @@ def summarise(watched: dict[str, Any], items: int, before: float, after: float) 
     return {
         "rss_mib": {
             "before": round(before, 1),
-            "peak": round(max(watched["rss"]), 1),
+            "peak": round(max([*watched["rss"], after]), 1),
             "after": round(after, 1),
         },
         "health_ms": {
