@@ -81,7 +81,10 @@ class MemorySink:
         self._digest.update(chunk)
 
     def data(self) -> bytes:
-        return b"".join(self._chunks)
+        """The upload as one bytes object; the chunks are let go, so it is not held twice."""
+        data = b"".join(self._chunks)
+        self._chunks = [data]
+        return data
 
     def sha256(self) -> str:
         return self._digest.hexdigest()
