@@ -265,3 +265,27 @@ async def test_parser_errors_are_json_without_echo_or_traceback(serve, caplog) -
     text = caplog.text
     assert "super-secret" not in text and "ccccc" not in text
     assert not any(record.exc_info for record in caplog.records), "no traceback for a client's mistake"
+
+
+@pytest.mark.parametrize(("hard", "soft_after", "warns"), [(2000, 640, False), (300, 300, True)])
+def test_the_file_limit_is_raised_to_what_the_caps_need_or_a_warning_says_why_not(
+    hard: int, soft_after: int, warns: bool
+) -> None:
+    """In a child process: the limit is per process, and this one's must stay as it is."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, resource\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, (100, {hard}))\n"
+        "from recyclex_edge.api.guard import ensure_file_limit\n"
+        "from recyclex_edge.config.connections import ConnectionsConfig\n"
+        "logging.basicConfig()\n"
+        "ensure_file_limit(ConnectionsConfig())\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert int(done.stdout) == soft_after
+    assert ("raise LimitNOFILE" in done.stderr) is warns, done.stderr

@@ -3,6 +3,7 @@ with counted suppression. Checked on the real handler configure_logging installs
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
@@ -98,3 +99,26 @@ async def test_access_lines_of_one_client_are_limited_and_cannot_forge_lines(api
     assert all(len(line) < 600 for line in access), "paths are clipped"
     assert any("similar messages suppressed" in line for line in access)
     assert "\\x0a2026-01-01" in access[0]
+
+
+async def test_a_jwt_subject_with_a_newline_cannot_forge_a_line(api_client, stderr_log) -> None:
+    import time
+
+    import jwt
+
+    secret = "a-shared-secret-of-at-least-32-characters!"
+    buffer, configure = stderr_log
+    configure()
+    client = await api_client(f"http.auth.jwt.secret={secret}", classifier=None)
+    forged_sub = (
+        "dash\n2026-01-01 00:00:00,000 INFO recyclex_edge.api.access: method=POST path=/api/commands/x"
+    )
+    token = jwt.encode({"sub": forged_sub, "scope": "predict", "exp": int(time.time()) + 60}, secret)
+    await client.get("/health", headers={"Authorization": f"Bearer {token}"})
+    for _ in range(100):
+        if "subject=jwt:dash" in buffer.getvalue():
+            break
+        await asyncio.sleep(0.01)
+    lines = buffer.getvalue().splitlines()
+    assert all(LINE_START.match(line) for line in lines)
+    assert any("subject=jwt:dash\\x0a2026-01-01" in line for line in lines)
