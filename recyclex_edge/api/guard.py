@@ -166,11 +166,13 @@ class ConnectionGuard:
     def set_busy(self, handler: GuardedRequestHandler) -> None:
         self._idle.pop(handler, None)
         client = self._open.get(handler)
-        by_client = self._idle_by_client.get(client) if client is not None else None
+        if client is None:
+            return
+        by_client = self._idle_by_client.get(client)
         if by_client is not None:
             by_client.pop(handler, None)
             if not by_client:
-                del self._idle_by_client[client]  # type: ignore[arg-type]
+                del self._idle_by_client[client]
 
     def refuse(self, reason: str, client: str, status: int) -> None:
         self.refused[reason] += 1
