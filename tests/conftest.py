@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,26 @@ from recyclex_edge.model_card import SHIPPED_MODEL
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "trashnet"
 VAL = DATASET / "val"
+# Photos from another source (glass, metal, plastic): how the model holds up off TrashNet's board.
+DEV = DATASET.parent / "drinking-waste-dev"
 
 
 def val_photos(label: str | None = None) -> list[Path]:
     """Real validation photos, sorted, for one label or all."""
     folders = [VAL / label] if label else sorted(p for p in VAL.iterdir() if p.is_dir())
     return sorted(photo for folder in folders for photo in folder.glob("*.jpg"))
+
+
+def dev_photos(part: str) -> list[tuple[str, Path]]:
+    """(label, photo) of one fixed half of the dev set: "heldout" or "tune", split as tools/train/data.py
+    does (sha1 of the file name), so the card's figures for each half can be checked."""
+    photos = []
+    for folder in sorted(p for p in DEV.iterdir() if p.is_dir()):
+        for photo in sorted(folder.iterdir()):
+            digest = hashlib.sha1(photo.name.encode()).hexdigest()
+            if ("heldout" if int(digest[:8], 16) % 2 == 0 else "tune") == part:
+                photos.append((folder.name, photo))
+    return photos
 
 
 @pytest.fixture
