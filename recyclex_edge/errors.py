@@ -44,3 +44,7 @@ class ModelError(RecycleXError):
 
 class ImageDecodeError(RecycleXError):
     """Bytes that should be an image are not one we can read."""
+
+
+class RegistryError(RecycleXError):
+    """A model package, signing key or model registry operation was refused; nothing was changed."""
