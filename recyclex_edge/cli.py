@@ -11,6 +11,7 @@ from pathlib import Path
 
 from recyclex_edge import __version__
 from recyclex_edge.errors import ConfigError, ImageDecodeError, ModelError
+from recyclex_edge.registry.commandline import add_model_parser, run_model_command
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -46,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file without starting anything")
     add_config_args(check, required=True)
+
+    add_model_parser(commands, add_config_args)
 
     classify = commands.add_parser("classify", help="classify image files or folders (recursive)")
     classify.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -141,7 +144,16 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(config)
 
 
+def _model(args: argparse.Namespace) -> int:
+    return run_model_command(args, _print_config_problems)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"check-config": _check_config, "classify": _classify, "run": _run}
+    handlers = {
+        "check-config": _check_config,
+        "classify": _classify,
+        "run": _run,
+        "model": _model,
+    }
     return handlers[args.command](args)

@@ -24,12 +24,13 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recyclex_edge.config import Config
 from recyclex_edge.errors import ModelError, RegistryError
 from recyclex_edge.model_card import SHIPPED_MODEL, ModelCard, load_card
 from recyclex_edge.registry.package import ModelPackage
@@ -184,6 +185,20 @@ class ModelStore:
         self._on_step = on_step
         self._lock: WriterLock | None = None
 
+    @classmethod
+    def for_config(
+        cls, config: Config, environ: Mapping[str, str], *, on_step: Step | None = None
+    ) -> ModelStore:
+        """The bin's registry: `<storage.state_dir>/models`, sealed when a key credential is configured."""
+        credential = config.model.encryption_key_credential
+        return cls(
+            Path(config.storage.state_dir) / "models",
+            factory_model=config.model.path,
+            keep=config.model.keep,
+            sealer=Sealer.from_credential(credential, environ) if credential else None,
+            on_step=on_step,
+        )
+
     # -- reading --------------------------------------------------------------------------------------
 
     def state(self) -> RegistryState:
@@ -326,11 +341,14 @@ class ModelStore:
         fresh = not folder.exists()
         if not fresh:
             existing = self.entry(version)
-            if existing.card.sha256 != package.sha256:
+            if (
+                existing.card.sha256 != package.sha256
+                or (folder / CARD_FILE).read_bytes() != package.card_bytes
+            ):
                 raise RegistryError(
-                    f"version {version} is already installed with different contents (sha256 "
-                    f"{existing.card.sha256[:12]}, the package has {package.sha256[:12]}); a new model needs "
-                    "a new version in its card"
+                    f"version {version} is already installed with different contents (model sha256 "
+                    f"{existing.card.sha256[:12]}, the package's {package.sha256[:12]}, or another card); "
+                    "a changed model or card needs a new version in its card"
                 )
         else:
             self._place(package, folder, by=by, source=source)
