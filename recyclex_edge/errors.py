@@ -48,3 +48,7 @@ class ImageDecodeError(RecycleXError):
 
 class RegistryError(RecycleXError):
     """A model package, signing key or model registry operation was refused; nothing was changed."""
+
+
+class PackageError(RegistryError):
+    """A model package is not valid: not a package, truncated, tampered, unsigned or untrusted."""

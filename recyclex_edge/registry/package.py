@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from recyclex_edge.errors import ModelError, RegistryError
+from recyclex_edge.errors import ModelError, PackageError
 from recyclex_edge.model_card import ModelCard, card_path_for, load_card
 from recyclex_edge.registry.keys import RAW_KEY_BYTES, SIGNATURE_BYTES, PublicKey, SigningKey
 
@@ -60,7 +60,7 @@ def pack(model_path: Path, key: SigningKey | None) -> bytes:
     try:
         load_card(model_path)  # the card parses and its sha256 matches the model
     except ModelError as error:
-        raise RegistryError(str(error)) from None
+        raise PackageError(str(error)) from None
     body = _body(card_path_for(model_path).read_bytes(), model_path.read_bytes())
     if key is None:
         return body + UNSIGNED
@@ -82,33 +82,31 @@ def _body(card_bytes: bytes, model_bytes: bytes) -> bytes:
 def read_package(
     data: bytes, trusted_keys: Sequence[PublicKey], *, allow_unsigned: bool, source: str = "the package"
 ) -> ModelPackage:
-    """Check `data` and return the package; RegistryError says exactly why one is refused."""
+    """Check `data` and return the package; PackageError says exactly why one is refused."""
     if not data.startswith(MAGIC):
-        raise RegistryError(f"{source} is not a RecycleX model package (made by 'recyclex-edge model pack')")
+        raise PackageError(f"{source} is not a RecycleX model package (made by 'recyclex-edge model pack')")
     offset = len(MAGIC)
     if len(data) < offset + _CARD_LENGTH.size:
-        raise RegistryError(f"{source} is truncated (it ends inside the header)")
+        raise PackageError(f"{source} is truncated (it ends inside the header)")
     (card_length,) = _CARD_LENGTH.unpack_from(data, offset)
     offset += _CARD_LENGTH.size
     if card_length > MAX_CARD_BYTES:
-        raise RegistryError(
-            f"{source} claims a {card_length}-byte card; at most {MAX_CARD_BYTES} are allowed"
-        )
+        raise PackageError(f"{source} claims a {card_length}-byte card; at most {MAX_CARD_BYTES} are allowed")
     if len(data) < offset + card_length + _MODEL_LENGTH.size:
-        raise RegistryError(f"{source} is truncated (it ends inside the model card)")
+        raise PackageError(f"{source} is truncated (it ends inside the model card)")
     card_bytes = data[offset : offset + card_length]
     offset += card_length
     (model_length,) = _MODEL_LENGTH.unpack_from(data, offset)
     offset += _MODEL_LENGTH.size
     if len(data) < offset + model_length + len(SIGNED):
-        raise RegistryError(f"{source} is truncated (it ends inside the model)")
+        raise PackageError(f"{source} is truncated (it ends inside the model)")
     model_bytes = data[offset : offset + model_length]
     body_end = offset + model_length
     signer = _check_signature(data, body_end, trusted_keys, allow_unsigned=allow_unsigned, source=source)
     card = _parse_card(card_bytes, source)
     actual = hashlib.sha256(model_bytes).hexdigest()
     if actual != card.sha256:
-        raise RegistryError(f"{source}: the model's sha256 is {actual} but its card says {card.sha256}")
+        raise PackageError(f"{source}: the model's sha256 is {actual} but its card says {card.sha256}")
     return ModelPackage(card, card_bytes, model_bytes, signer)
 
 
@@ -119,29 +117,29 @@ def _check_signature(
     trailer = data[body_end + len(SIGNED) :]
     if tag == UNSIGNED:
         if trailer:
-            raise RegistryError(f"{source} has {len(trailer)} unexpected byte(s) after its end")
+            raise PackageError(f"{source} has {len(trailer)} unexpected byte(s) after its end")
         if not allow_unsigned:
-            raise RegistryError(
+            raise PackageError(
                 f"{source} is unsigned; sign it with 'recyclex-edge model pack --key KEY' "
                 "(model.allow_unsigned is for labs only)"
             )
         return None
     if tag != SIGNED:
-        raise RegistryError(f"{source} is damaged: no signature block where one must be")
+        raise PackageError(f"{source} is damaged: no signature block where one must be")
     if len(trailer) < RAW_KEY_BYTES + SIGNATURE_BYTES:
-        raise RegistryError(f"{source} is truncated (it ends inside the signature)")
+        raise PackageError(f"{source} is truncated (it ends inside the signature)")
     if len(trailer) > RAW_KEY_BYTES + SIGNATURE_BYTES:
-        raise RegistryError(f"{source} has unexpected bytes after its signature")
+        raise PackageError(f"{source} has unexpected bytes after its signature")
     raw_key, signature = trailer[:RAW_KEY_BYTES], trailer[RAW_KEY_BYTES:]
     trusted = next((key for key in trusted_keys if key.raw == raw_key), None)
     if trusted is None:
         stranger = PublicKey("unknown", raw_key)
-        raise RegistryError(
+        raise PackageError(
             f"{source} is signed by key {stranger.fingerprint}, which this bin does not trust; "
             "add its .pub text to model.trusted_keys if it should"
         )
     if not trusted.verify(signature, data[:body_end]):
-        raise RegistryError(
+        raise PackageError(
             f"{source} does not match its signature (key {trusted}): it was changed after signing"
         )
     return trusted
@@ -156,4 +154,4 @@ def _parse_card(card_bytes: bytes, source: str) -> ModelCard:
             if isinstance(error, ValidationError)
             else str(error)
         )
-        raise RegistryError(f"{source}: its model card is invalid: {detail}") from None
+        raise PackageError(f"{source}: its model card is invalid: {detail}") from None

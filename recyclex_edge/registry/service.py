@@ -1,12 +1,60 @@
-"""What the daemon and the CLI use: the active classifier from the registry, and model operations.
+"""What the daemon uses: the active classifier from the registry, model operations, shadow runs and the
+watch that rolls a bad model back.
 
-(Filled in step by step: loading first.)
+The daemon holds the registry's writer lock for its whole life (the CLI is then refused and pointed
+here), so every change to the bin's models goes through one `ModelRegistry`, one operation at a time.
+
+An operation loads the new model and lets the daemon check it (labels) *before* anything is written or
+switched: a model that does not load is refused and the running one stays. Then the pointer is
+switched on disk, then the pipeline and the API switch, then the watch starts.
+
+The watch (model.watch) runs for `period_s` after an activation and rolls back to the predecessor when
+the new model
+- fails to load (at activation, or when the daemon starts),
+- fails `max_errors` classifications,
+- stalls the pipeline (no progress for as long as the systemd watchdog tolerates),
+- restarts the daemon `max_restarts` times (a crash loop: the watch is kept on disk), or
+- says `uncertain` far more often than its predecessor did on this bin: after `min_items` items, its
+  uncertain rate is above both `uncertain_ratio` x and `uncertain_margin` + the predecessor's rate (the
+  predecessor's rate measured on this bin, or 1 - its card's coverage when it judged too few items).
+
+Shadow: an installed candidate classifies every item beside the active model and never moves a flap;
+events carry `shadow` and the registry counts agreement. With model.promote.mode `auto` the candidate
+is promoted once it has judged `min_items` items, agreed with the active model's decision on at least
+`min_agreement` of them, and its uncertain rate is at most `max_uncertain_increase` above the active
+model's on the same items.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
 from recyclex_edge.classifier import Classifier
-from recyclex_edge.registry.store import ModelEntry, ModelStore
+from recyclex_edge.config import Config
+from recyclex_edge.errors import ModelError, RecycleXError, RegistryError
+from recyclex_edge.health import HealthRegistry, Status
+from recyclex_edge.registry.audit import AuditLog
+from recyclex_edge.registry.package import read_package
+from recyclex_edge.registry.store import FACTORY, ModelEntry, ModelStore, replace_durably
+
+log = logging.getLogger("recyclex_edge.registry")
+
+COMPONENT = "models"
+DAEMON = "daemon"
+_UNCERTAIN = "uncertain"
+_DEFAULT_UNCERTAIN_RATE = 0.1
 
 
 def open_classifier(store: ModelStore, entry: ModelEntry, *, num_threads: int, pool_size: int) -> Classifier:
@@ -20,3 +68,604 @@ def open_classifier(store: ModelStore, entry: ModelEntry, *, num_threads: int, p
         model_content=store.model_bytes(entry),
         card=entry.card,
     )
+
+
+@dataclass(frozen=True)
+class Switch:
+    """How the daemon takes a model: `check` raises RecycleXError if it cannot use it (say, other labels);
+    `use` switches the pipeline and the API; `use_shadow` sets or clears the shadow candidate."""
+
+    check: Callable[[Classifier], None]
+    use: Callable[[Classifier], None]
+    use_shadow: Callable[[Classifier | None], None]
+
+
+@dataclass
+class _Counts:
+    items: int = 0
+    uncertain: int = 0
+
+    def rate(self) -> float | None:
+        return self.uncertain / self.items if self.items else None
+
+
+@dataclass
+class _Watch:
+    """Kept in `models/watch.json` so that it survives the daemon restarting (or crashing)."""
+
+    version: str
+    predecessor: str
+    started_at: float  # wall clock, seconds
+    baseline_uncertain: float
+    starts: int = 0
+    items: int = 0
+    uncertain: int = 0
+    errors_at_start: int = 0
+
+
+@dataclass
+class _Shadow:
+    version: str
+    items: int = 0
+    agreed: int = 0
+    active_uncertain: int = 0
+    shadow_uncertain: int = 0
+    errors: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        items = self.items or 1
+        return {
+            "version": self.version,
+            "items": self.items,
+            "agreement": round(self.agreed / items, 4) if self.items else None,
+            "active_uncertain_rate": round(self.active_uncertain / items, 4) if self.items else None,
+            "shadow_uncertain_rate": round(self.shadow_uncertain / items, 4) if self.items else None,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class _Rollback:
+    at: str
+    from_version: str
+    to_version: str
+    reason: str
+
+
+@dataclass
+class _Status:
+    last_rollback: _Rollback | None = None
+    counts: dict[str, _Counts] = field(default_factory=dict)
+
+
+class ModelRegistry:
+    """The daemon's door to the registry.
+
+    >>> registry = ModelRegistry(config, os.environ, health)
+    >>> classifier = registry.start()          # the active model (rolled back if it does not load)
+    >>> registry.attach(Switch(check, use, use_shadow), loop, pipeline_errors, pipeline_stalled)
+    >>> registry.install(package_bytes, who="token:ops", source="upload", shadow=False)
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        environ: Mapping[str, str],
+        health: HealthRegistry,
+        *,
+        holder: str = "the recyclex-edge daemon",
+    ) -> None:
+        self.config = config
+        self.model_config = config.model
+        self.health = health
+        self.store = ModelStore.for_config(config, environ)
+        self.audit = AuditLog(self.store.root / "audit.log")
+        self._holder = holder
+        self._trusted = config.model.public_keys()
+        self._operation = threading.Lock()  # one model operation at a time
+        self._counts_lock = threading.Lock()
+        self._switch: Switch | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pipeline_errors: Callable[[], int] = lambda: 0
+        self._pipeline_stalled: Callable[[], bool] = lambda: False
+        self._status = _Status()
+        self._watch: _Watch | None = None
+        self._shadow: _Shadow | None = None
+        self._active_version = FACTORY
+        self.writable = False
+        self.problem: str | None = None
+
+    # -- start and stop -------------------------------------------------------------------------------
+
+    def start(self) -> Classifier | None:
+        """Take the writer lock and load the active model, rolling back while it fails to load."""
+        try:
+            self.store.acquire(self._holder)
+            self.writable = True
+        except (RegistryError, OSError) as error:
+            self.problem = f"model registry read-only: {error}"
+            log.error("%s", self.problem)
+        self._watch = self._load_watch()
+        if self._watch is not None and self.writable:
+            self._watch.starts += 1
+            self._save_watch()
+        while True:
+            try:
+                entry = self.store.active()
+                classifier = self._open(entry)
+            except (ModelError, RegistryError) as error:
+                if not self.writable or self.store.state().active == FACTORY:
+                    self.health.report("classifier", Status.FAILING, str(error))
+                    self._report()
+                    return None
+                self._rollback_locked(DAEMON, f"it failed to load at start: {error}")
+                continue
+            self._active_version = entry.version
+            break
+        if self._watch is not None and self._watch.starts > self.model_config.watch.max_restarts:
+            reason = f"the daemon restarted {self._watch.starts - 1} times while watching it (a crash loop?)"
+            self._rollback_locked(DAEMON, reason)
+            return self.start_after_rollback()
+        self._report()
+        return classifier
+
+    def start_after_rollback(self) -> Classifier | None:
+        try:
+            entry = self.store.active()
+            self._active_version = entry.version
+            classifier = self._open(entry)
+        except (ModelError, RegistryError) as error:
+            self.health.report("classifier", Status.FAILING, str(error))
+            classifier = None
+        self._report()
+        return classifier
+
+    def attach(
+        self,
+        switch: Switch,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        pipeline_errors: Callable[[], int],
+        pipeline_stalled: Callable[[], bool],
+    ) -> None:
+        """Called once the daemon's stages exist: from now on operations switch them."""
+        self._switch, self._loop = switch, loop
+        self._pipeline_errors, self._pipeline_stalled = pipeline_errors, pipeline_stalled
+        if self._watch is not None:
+            self._watch.errors_at_start = pipeline_errors()
+        candidate = self.store.state().candidate
+        if candidate is not None:
+            try:
+                self._start_shadow(candidate)
+            except (ModelError, RegistryError) as error:
+                log.error("shadow candidate %s cannot run: %s", candidate, error)
+
+    def close(self) -> None:
+        self._save_status()
+        self.store.release()
+        self.writable = False
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """GET /api/models and the page: every version, the watch, the shadow run, the last rollback."""
+        entries = [entry.as_dict() for entry in self.store.entries()]
+        with self._counts_lock:
+            watch = self._watch_summary()
+            shadow = self._shadow.summary() if self._shadow is not None else None
+        rollback = self._status.last_rollback
+        return {
+            "models": entries,
+            "active": self.store.state().active,
+            "writable": self.writable,
+            "problem": self.problem,
+            "watch": watch,
+            "shadow": shadow,
+            "last_rollback": asdict(rollback) if rollback is not None else None,
+            "promote": self.model_config.promote.mode,
+            "audit": self.audit.recent(50),
+        }
+
+    def state(self) -> dict[str, Any]:
+        """The small part MQTT's retained state carries."""
+        rollback = self._status.last_rollback
+        state = self.store.state()
+        return {
+            "active": state.active,
+            "candidate": state.candidate,
+            "watching": self._watch is not None,
+            "last_rollback": asdict(rollback) if rollback is not None else None,
+        }
+
+    def _watch_summary(self) -> dict[str, Any] | None:
+        watch = self._watch
+        if watch is None:
+            return None
+        return {
+            "version": watch.version,
+            "predecessor": watch.predecessor,
+            "until": _iso(watch.started_at + self.model_config.watch.period_s),
+            "items": watch.items,
+            "uncertain_rate": round(watch.uncertain / watch.items, 4) if watch.items else None,
+            "baseline_uncertain_rate": round(watch.baseline_uncertain, 4),
+        }
+
+    # -- operations (blocking; each raises RecycleXError with the reason, after auditing it) -----------
+
+    def install(self, data: bytes, *, who: str, source: str, shadow: bool) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            package = read_package(
+                data, self._trusted, allow_unsigned=self.model_config.allow_unsigned, source=source
+            )
+            # The files first (without activating), then the same path as `activate`.
+            entry, fresh = self.store.install(package, by=who, source=source, activate=False)
+            verb = "installed" if fresh else "already installed"
+            if shadow:
+                self._start_shadow(entry.version, persist=True)
+                return {
+                    "version": entry.version,
+                    "detail": f"{verb} {package.describe()} as shadow candidate",
+                }
+            self._activate_locked(entry.version)
+            return {"version": entry.version, "detail": f"{verb} and activated {package.describe()}"}
+
+        return self._operation_run(who, "install", source, run)
+
+    def install_from_url(self, url: str, sha256: str, *, who: str, shadow: bool) -> dict[str, Any]:
+        """Download (on the daemon's event loop, with the size limit, timeout and TLS verification), then
+        install. `sha256` is the package file's."""
+        try:
+            data = self._download(url, sha256)
+        except RecycleXError as error:
+            self.audit.append(who, "install", url, ok=False, detail=str(error))
+            raise
+        return self.install(data, who=who, source=url, shadow=shadow)
+
+    def activate(self, version: str, *, who: str) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            previous = self.store.state().active
+            self._activate_locked(version)
+            return {"version": version, "detail": f"version {version} is active (was {previous})"}
+
+        return self._operation_run(who, "activate", version, run)
+
+    def rollback(self, *, who: str) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            previous, now = self._rollback_locked(who, "requested", audit=False)
+            return {"version": now, "detail": f"rolled back from {previous} to {now}"}
+
+        return self._operation_run(who, "rollback", None, run)
+
+    def remove(self, version: str, *, who: str) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            if self.store.state().candidate == version:
+                self._stop_shadow()
+            self.store.remove(version)
+            return {"version": version, "detail": f"version {version} removed"}
+
+        return self._operation_run(who, "remove", version, run)
+
+    def _operation_run(
+        self, who: str, action: str, target: str | None, run: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        if not self.writable:
+            error = RegistryError(self.problem or "the model registry is not open")
+            self.audit.append(who, action, target, ok=False, detail=str(error))
+            raise error
+        if not self._operation.acquire(timeout=60):
+            raise RegistryError("another model operation is still running; try again when it has finished")
+        try:
+            result = run()
+        except (RecycleXError, OSError) as error:
+            detail = str(error) if isinstance(error, RecycleXError) else f"{error.strerror}: {error.filename}"
+            self.audit.append(who, action, target, ok=False, detail=detail)
+            log.warning("model %s %s by %s refused: %s", action, target or "", who, detail)
+            if isinstance(error, RegistryError):
+                raise
+            raise RegistryError(detail) from None
+        finally:
+            self._operation.release()
+        self.audit.append(who, action, target, ok=True, detail=result["detail"])
+        log.info("model %s by %s: %s", action, who, result["detail"])
+        self._report()
+        return result
+
+    def _open(self, entry: ModelEntry) -> Classifier:
+        return open_classifier(
+            self.store,
+            entry,
+            num_threads=self.model_config.num_threads,
+            pool_size=self.model_config.pool_size,
+        )
+
+    def _load_checked(self, version: str) -> Classifier:
+        entry = self.store.entry(version)
+        try:
+            classifier = self._open(entry)
+        except ModelError as error:
+            raise RegistryError(
+                f"version {version} does not load, so it was not activated: {error}"
+            ) from None
+        if self._switch is not None:
+            self._switch.check(classifier)
+        return classifier
+
+    def _activate_locked(self, version: str) -> None:
+        state = self.store.state()
+        if state.active == version:
+            return
+        classifier = self._load_checked(version)
+        predecessor = state.active
+        if state.candidate == version:
+            self._stop_shadow()
+        self.store.activate(version)
+        self._use(version, classifier)
+        self._begin_watch(version, predecessor)
+
+    def _rollback_locked(self, who: str, reason: str, *, audit: bool = True) -> tuple[str, str]:
+        previous, now = self.store.rollback()
+        self._end_watch()
+        self._status.last_rollback = _Rollback(_iso(time.time()), previous, now, reason)
+        if who == DAEMON:
+            log.error("model %s rolled back to %s: %s", previous, now, reason)
+        if audit:
+            self.audit.append(who, "rollback", previous, ok=True, detail=f"to {now}: {reason}")
+        if self._switch is not None:
+            try:
+                self._use(now, self._load_checked(now))
+            except RecycleXError as error:
+                log.error("the rolled-back model %s cannot be used either: %s", now, error)
+                self.health.report("classifier", Status.FAILING, str(error))
+        self._save_status()
+        self._report()
+        return previous, now
+
+    def _use(self, version: str, classifier: Classifier) -> None:
+        self._active_version = version
+        if self._switch is not None:
+            self._switch.use(classifier)
+        card = classifier.card
+        self.health.report(
+            "classifier",
+            Status.OK,
+            f"{card.name} {card.version} (registry version {version}) on {classifier.backend}",
+        )
+
+    # -- shadow ---------------------------------------------------------------------------------------
+
+    def _start_shadow(self, version: str, *, persist: bool = False) -> None:
+        if version == self.store.state().active:
+            raise RegistryError(f"version {version} is the active model; a shadow must be another one")
+        classifier = self._load_checked(version)
+        if persist:
+            self.store.set_candidate(version)
+        with self._counts_lock:
+            self._shadow = _Shadow(version)
+        if self._switch is not None:
+            self._switch.use_shadow(classifier)
+
+    def _stop_shadow(self) -> None:
+        with self._counts_lock:
+            self._shadow = None
+        if self._switch is not None:
+            self._switch.use_shadow(None)
+        if self.store.state().candidate is not None:
+            self.store.set_candidate(None)
+
+    # -- the watch ------------------------------------------------------------------------------------
+
+    def _baseline(self, version: str) -> float:
+        with self._counts_lock:
+            counts = self._status.counts.get(version)
+        if counts is not None and counts.items >= self.model_config.watch.min_items:
+            return counts.uncertain / counts.items
+        try:
+            coverage = self.store.entry(version).card.decision.coverage
+        except RegistryError:
+            coverage = None
+        return 1.0 - coverage if coverage is not None else _DEFAULT_UNCERTAIN_RATE
+
+    def _begin_watch(self, version: str, predecessor: str) -> None:
+        if self.model_config.watch.period_s <= 0:
+            self._end_watch()
+            return
+        baseline = self._baseline(predecessor)
+        with self._counts_lock:
+            self._watch = _Watch(
+                version, predecessor, time.time(), baseline, errors_at_start=self._pipeline_errors()
+            )
+        self._save_watch()
+
+    def _end_watch(self) -> None:
+        with self._counts_lock:
+            self._watch = None
+        (self.store.root / "watch.json").unlink(missing_ok=True)
+
+    def _save_watch(self) -> None:
+        watch = self._watch
+        if watch is not None and self.writable:
+            replace_durably(self.store.root / "watch.json", json.dumps(asdict(watch)).encode())
+
+    def _load_watch(self) -> _Watch | None:
+        try:
+            watch = _Watch(**json.loads((self.store.root / "watch.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+        if watch.version != self.store.state().active:
+            return None
+        if time.time() - watch.started_at > self.model_config.watch.period_s:
+            return None
+        return watch
+
+    def observe(self, event: Mapping[str, Any]) -> None:
+        """An event sink: counts each model's uncertain rate and the shadow's agreement. Never blocks."""
+        uncertain = event.get("decision") == _UNCERTAIN
+        with self._counts_lock:
+            counts = self._status.counts.setdefault(self._active_version, _Counts())
+            counts.items += 1
+            counts.uncertain += uncertain
+            if self._watch is not None:
+                self._watch.items += 1
+                self._watch.uncertain += uncertain
+            shadow = event.get("shadow")
+            if self._shadow is not None and isinstance(shadow, Mapping):
+                self._shadow.items += 1
+                self._shadow.agreed += shadow.get("decision") == event.get("decision")
+                self._shadow.active_uncertain += uncertain
+                self._shadow.shadow_uncertain += shadow.get("decision") == _UNCERTAIN
+
+    def shadow_failed(self) -> None:
+        with self._counts_lock:
+            if self._shadow is not None:
+                self._shadow.errors += 1
+
+    def tick(self) -> None:
+        """Called every second or so off the event loop: the watch's verdict and auto promotion."""
+        if not self.writable or self._switch is None:
+            return
+        verdict = self._watch_verdict()
+        if verdict is not None:
+            with self._operation:
+                if self._watch is not None:
+                    self._rollback_locked(DAEMON, verdict)
+            return
+        if self._promotion_due():
+            shadow = self._shadow
+            assert shadow is not None
+            detail = json.dumps(shadow.summary())
+            try:
+                self.activate(shadow.version, who=DAEMON)
+                log.info("shadow candidate %s promoted automatically: %s", shadow.version, detail)
+            except RecycleXError as error:
+                log.error("automatic promotion of %s failed: %s", shadow.version, error)
+                self._stop_shadow()
+
+    def _watch_verdict(self) -> str | None:
+        settings = self.model_config.watch
+        with self._counts_lock:
+            watch = self._watch
+            if watch is None:
+                return None
+            if time.time() - watch.started_at > settings.period_s:
+                self._watch = None
+                log.info("model %s passed its %.0f s watch", watch.version, settings.period_s)
+                ended = True
+            else:
+                ended = False
+                items, uncertain, baseline = watch.items, watch.uncertain, watch.baseline_uncertain
+                errors = self._pipeline_errors() - watch.errors_at_start
+        if ended:
+            (self.store.root / "watch.json").unlink(missing_ok=True)
+            self._report()
+            return None
+        if errors >= settings.max_errors:
+            return f"{errors} classification(s) failed during its watch"
+        if self._pipeline_stalled():
+            return "the sorting pipeline stalled during its watch"
+        if items >= settings.min_items:
+            rate = uncertain / items
+            limit = max(baseline * settings.uncertain_ratio, baseline + settings.uncertain_margin)
+            if rate > limit:
+                return (
+                    f"it said uncertain on {rate:.0%} of {items} items; its predecessor's rate on this bin "
+                    f"was {baseline:.0%} (limit {limit:.0%})"
+                )
+        return None
+
+    def _promotion_due(self) -> bool:
+        settings = self.model_config.promote
+        with self._counts_lock:
+            shadow = self._shadow
+            if settings.mode != "auto" or shadow is None or shadow.items < settings.min_items:
+                return False
+            agreement = shadow.agreed / shadow.items
+            increase = (shadow.shadow_uncertain - shadow.active_uncertain) / shadow.items
+        return agreement >= settings.min_agreement and increase <= settings.max_uncertain_increase
+
+    # -- download -------------------------------------------------------------------------------------
+
+    def _download(self, url: str, sha256: str) -> bytes:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RegistryError(f"the url must be http:// or https:// with a host (got {url!r})")
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower()):
+            raise RegistryError("sha256 must be the package file's sha256 as 64 hex digits")
+        if self._loop is None:
+            raise RegistryError("the daemon is not ready to download yet; try again in a moment")
+        future = asyncio.run_coroutine_threadsafe(
+            download(url, self.model_config.max_package_bytes, self.model_config.download_timeout_s),
+            self._loop,
+        )
+        data = future.result()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256.lower():
+            raise RegistryError(
+                f"the download's sha256 is {actual}, not {sha256.lower()}; nothing was installed"
+            )
+        return data
+
+    # -- reporting ------------------------------------------------------------------------------------
+
+    def _report(self) -> None:
+        state = self.store.state()
+        rollback = self._status.last_rollback
+        parts = [f"active {state.active}"]
+        if state.candidate:
+            parts.append(f"shadow {state.candidate}")
+        if self._watch is not None:
+            parts.append(f"watching until {_iso(self._watch.started_at + self.model_config.watch.period_s)}")
+        if rollback is not None:
+            parts.append(
+                f"rolled back automatically from {rollback.from_version} to {rollback.to_version} at "
+                f"{rollback.at}: {rollback.reason}"
+                if rollback.reason != "requested"
+                else f"rolled back from {rollback.from_version} at {rollback.at}"
+            )
+        if self.problem:
+            parts.append(self.problem)
+        automatic = rollback is not None and rollback.reason != "requested"
+        status = Status.DEGRADED if automatic or self.problem else Status.OK
+        self.health.report(COMPONENT, status, "; ".join(parts))
+
+    def _save_status(self) -> None:
+        if not self.writable:
+            return
+        with self._counts_lock:
+            document = {version: asdict(counts) for version, counts in self._status.counts.items()}
+        try:
+            replace_durably(self.store.root / "counts.json", json.dumps(document).encode())
+        except OSError as error:
+            log.warning("cannot save the models' uncertain counts: %s", error.strerror)
+
+
+async def download(url: str, max_bytes: int, timeout_s: float) -> bytes:
+    """GET `url` with aiohttp (TLS certificates verified), at most `max_bytes`, within `timeout_s`."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 30.0))
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, allow_redirects=True, max_redirects=3) as response,
+        ):
+            if response.status != 200:
+                raise RegistryError(f"downloading {url} failed: HTTP {response.status} {response.reason}")
+            if response.content_length is not None and response.content_length > max_bytes:
+                raise RegistryError(
+                    f"{url} is {response.content_length} bytes, over model.max_package_bytes ({max_bytes})"
+                )
+            chunks, size = [], 0
+            async for chunk in response.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise RegistryError(
+                        f"{url} is over model.max_package_bytes ({max_bytes}); download stopped"
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except TimeoutError:
+        raise RegistryError(f"downloading {url} took longer than {timeout_s:.0f} s") from None
+    except aiohttp.ClientError as error:
+        raise RegistryError(f"downloading {url} failed: {error}") from None
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
