@@ -94,6 +94,7 @@ class _Watch:
     """Kept in `models/watch.json` so that it survives the daemon restarting (or crashing)."""
 
     version: str
+    card_version: str  # what its events carry as model.version
     predecessor: str
     started_at: float  # wall clock, seconds
     baseline_uncertain: float
@@ -185,6 +186,7 @@ class ModelRegistry:
         except (RegistryError, OSError) as error:
             self.problem = f"model registry read-only: {error}"
             log.error("%s", self.problem)
+        self._status.counts = self._load_counts()
         self._watch = self._load_watch()
         if self._watch is not None and self.writable:
             self._watch.starts += 1
@@ -472,7 +474,12 @@ class ModelRegistry:
         baseline = self._baseline(predecessor)
         with self._counts_lock:
             self._watch = _Watch(
-                version, predecessor, time.time(), baseline, errors_at_start=self._pipeline_errors()
+                version,
+                self.store.entry(version).card.version,
+                predecessor,
+                time.time(),
+                baseline,
+                errors_at_start=self._pipeline_errors(),
             )
         self._save_watch()
 
@@ -500,11 +507,14 @@ class ModelRegistry:
     def observe(self, event: Mapping[str, Any]) -> None:
         """An event sink: counts each model's uncertain rate and the shadow's agreement. Never blocks."""
         uncertain = event.get("decision") == _UNCERTAIN
+        model = event.get("model")
+        judged_by = model.get("version") if isinstance(model, Mapping) else None
         with self._counts_lock:
             counts = self._status.counts.setdefault(self._active_version, _Counts())
             counts.items += 1
             counts.uncertain += uncertain
-            if self._watch is not None:
+            # An item that was in flight when the model switched was judged by the predecessor.
+            if self._watch is not None and judged_by == self._watch.card_version:
                 self._watch.items += 1
                 self._watch.uncertain += uncertain
             shadow = event.get("shadow")
@@ -626,6 +636,13 @@ class ModelRegistry:
         automatic = rollback is not None and rollback.reason != "requested"
         status = Status.DEGRADED if automatic or self.problem else Status.OK
         self.health.report(COMPONENT, status, "; ".join(parts))
+
+    def _load_counts(self) -> dict[str, _Counts]:
+        try:
+            document = json.loads((self.store.root / "counts.json").read_text(encoding="utf-8"))
+            return {str(version): _Counts(**counts) for version, counts in document.items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
 
     def _save_status(self) -> None:
         if not self.writable:
