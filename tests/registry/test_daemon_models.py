@@ -123,7 +123,7 @@ async def test_install_by_mqtt_downloads_verifies_and_refuses(
     good = package_file(tmp_path, "2.0.0", key)
     shutil.copy(good, served / "good.rxm")
     data = bytearray(good.read_bytes())
-    data[-100] ^= 0x01  # inside the signature
+    data[-10] ^= 0x01  # inside the signature
     (served / "tampered.rxm").write_bytes(bytes(data))
     sha = {
         name: hashlib.sha256((served / name).read_bytes()).hexdigest()
