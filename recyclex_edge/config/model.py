@@ -37,11 +37,11 @@ class ModelWatchConfig(Section):
     max_errors: int = Field(
         3, ge=1, le=1000, description="Roll back after this many failed classifications in the watch period."
     )
-    max_restarts: int = Field(
+    max_crashes: int = Field(
         3,
         ge=1,
         le=100,
-        description="Roll back when the daemon restarted this often within the watch period (a crash loop).",
+        description="Roll back when the daemon ended this often without a clean stop within the watch.",
     )
 
 

@@ -13,7 +13,7 @@ the new model
 - fails to load (at activation, or when the daemon starts),
 - fails `max_errors` classifications,
 - stalls the pipeline (no progress for as long as the systemd watchdog tolerates),
-- restarts the daemon `max_restarts` times (a crash loop: the watch is kept on disk), or
+- ends the daemon without a clean stop `max_crashes` times (a crash loop: the watch is kept on disk), or
 - says `uncertain` far more often than its predecessor did on this bin: after `min_items` items, its
   uncertain rate is above both `uncertain_ratio` x and `uncertain_margin` + the predecessor's rate (the
   predecessor's rate measured on this bin, or 1 - its card's coverage when it judged too few items).
@@ -98,7 +98,8 @@ class _Watch:
     predecessor: str
     started_at: float  # wall clock, seconds
     baseline_uncertain: float
-    starts: int = 0
+    crashes: int = 0  # runs that ended without a clean stop while this watch was on
+    running: bool = True  # cleared by a clean stop; still set at start: the last run crashed
     items: int = 0
     uncertain: int = 0
     errors_at_start: int = 0
@@ -189,7 +190,8 @@ class ModelRegistry:
         self._status.counts = self._load_counts()
         self._watch = self._load_watch()
         if self._watch is not None and self.writable:
-            self._watch.starts += 1
+            self._watch.crashes += self._watch.running
+            self._watch.running = True
             self._save_watch()
         while True:
             try:
@@ -204,8 +206,8 @@ class ModelRegistry:
                 continue
             self._active_version = entry.version
             break
-        if self._watch is not None and self._watch.starts > self.model_config.watch.max_restarts:
-            reason = f"the daemon restarted {self._watch.starts - 1} times while watching it (a crash loop?)"
+        if self._watch is not None and self._watch.crashes >= self.model_config.watch.max_crashes:
+            reason = f"the daemon ended without a clean stop {self._watch.crashes} times while watching it"
             self._rollback_locked(DAEMON, reason)
             return self.start_after_rollback()
         self._report()
@@ -243,6 +245,9 @@ class ModelRegistry:
                 log.error("shadow candidate %s cannot run: %s", candidate, error)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.running = False
+            self._save_watch()
         self._save_status()
         self.store.release()
         self.writable = False

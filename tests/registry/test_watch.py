@@ -1,0 +1,110 @@
+"""The watch's other triggers, on the registry itself with the real store and model: failed
+classifications, a stalled pipeline and a crash loop. (The uncertain-rate trigger and a model that
+no longer loads run through the whole daemon in test_daemon_models.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recyclex_edge.classifier import Classifier
+from recyclex_edge.config import Config, load_config
+from recyclex_edge.health import HealthRegistry, Status
+from recyclex_edge.registry.service import ModelRegistry, Switch
+from recyclex_edge.registry.store import ModelStore
+from tests.registry.support import bin_config, keypair, package_file
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    key, pub = keypair(tmp_path / "keys")
+    config = load_config(bin_config(tmp_path, [pub]), environ={})
+    store = ModelStore.for_config(config, {})
+    from recyclex_edge.registry.package import read_package
+
+    with store.writer("test"):
+        for version in ("2.0.0", "3.0.0"):
+            data = package_file(tmp_path, version, key).read_bytes()
+            package = read_package(data, config.model.public_keys(), allow_unsigned=False)
+            store.install(package, by="test", source=version, activate=version == "2.0.0")
+    return config
+
+
+class Stages:
+    """What the daemon would switch: records the classifiers it is handed."""
+
+    def __init__(self) -> None:
+        self.used: list[str] = []
+        self.errors = 0
+        self.stalled = False
+
+    def switch(self) -> Switch:
+        def use(classifier: Classifier) -> None:
+            self.used.append(classifier.card.version)
+
+        return Switch(check=lambda classifier: None, use=use, use_shadow=lambda classifier: None)
+
+
+def started(
+    config: Config, stages: Stages, loop: asyncio.AbstractEventLoop, health: HealthRegistry
+) -> ModelRegistry:
+    registry = ModelRegistry(config, {}, health)
+    assert registry.start() is not None
+    registry.attach(
+        stages.switch(), loop, pipeline_errors=lambda: stages.errors, pipeline_stalled=lambda: stages.stalled
+    )
+    return registry
+
+
+@pytest.mark.parametrize("trigger", ["errors", "stall"])
+def test_failed_classifications_or_a_stall_in_the_watch_roll_back(
+    config: Config, loop: asyncio.AbstractEventLoop, trigger: str
+) -> None:
+    stages, health = Stages(), HealthRegistry()
+    registry = started(config, stages, loop, health)
+    registry.activate("3.0.0", who="test")
+    registry.tick()
+    assert registry.store.state().active == "3.0.0", "a quiet watch changes nothing"
+    if trigger == "errors":
+        stages.errors += config.model.watch.max_errors
+    else:
+        stages.stalled = True
+    registry.tick()
+    registry.close()
+    assert registry.store.state().active == "2.0.0"
+    assert stages.used == ["3.0.0", "2.0.0"]
+    component = health.snapshot()["models"]
+    assert component.status is Status.DEGRADED
+    assert ("failed" if trigger == "errors" else "stalled") in component.detail
+
+
+def test_a_crash_loop_in_the_watch_rolls_back_but_clean_restarts_do_not(
+    config: Config, loop: asyncio.AbstractEventLoop
+) -> None:
+    registry = started(config, Stages(), loop, HealthRegistry())
+    registry.activate("3.0.0", who="test")
+    registry.close()
+    for _ in range(5):  # a technician restarting the service: clean stops
+        registry = ModelRegistry(config, {}, HealthRegistry())
+        assert registry.start() is not None
+        registry.close()
+    assert registry.store.state().active == "3.0.0"
+    crashes = config.model.watch.max_crashes
+    for run in range(1, crashes + 2):
+        health = HealthRegistry()
+        registry = ModelRegistry(config, {}, health)
+        classifier = registry.start()
+        registry.store.release()  # then killed: no clean stop
+        expected = "3.0.0" if run <= crashes else "2.0.0"
+        assert classifier is not None and classifier.card.version == expected, run
+    assert f"without a clean stop {crashes} times" in health.snapshot()["models"].detail
