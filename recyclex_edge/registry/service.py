@@ -179,14 +179,20 @@ class ModelRegistry:
 
     # -- start and stop -------------------------------------------------------------------------------
 
-    def start(self) -> Classifier | None:
-        """Take the writer lock and load the active model, rolling back while it fails to load."""
+    def _acquire(self) -> None:
         try:
             self.store.acquire(self._holder)
-            self.writable = True
         except (RegistryError, OSError) as error:
-            self.problem = f"model registry read-only: {error}"
-            log.error("%s", self.problem)
+            problem = f"model registry read-only: {error}"
+            if problem != self.problem:
+                log.error("%s", problem)
+            self.problem = problem
+            return
+        self.writable, self.problem = True, None
+
+    def start(self) -> Classifier | None:
+        """Take the writer lock and load the active model, rolling back while it fails to load."""
+        self._acquire()
         self._status.counts = self._load_counts()
         self._watch = self._load_watch()
         if self._watch is not None and self.writable:
@@ -535,7 +541,14 @@ class ModelRegistry:
                 self._shadow.errors += 1
 
     def tick(self) -> None:
-        """Called every second or so off the event loop: the watch's verdict and auto promotion."""
+        """Called every second or so off the event loop: the watch's verdict and auto promotion; and,
+        while someone else (a CLI command) held the registry at start, another try to take it."""
+        if not self.writable:
+            self._acquire()
+            if self.writable:
+                log.info("model registry taken over; model operations are possible")
+                self._follow_store()
+                self._report()
         if not self.writable or self._switch is None:
             return
         verdict = self._watch_verdict()
@@ -554,6 +567,16 @@ class ModelRegistry:
             except RecycleXError as error:
                 log.error("automatic promotion of %s failed: %s", shadow.version, error)
                 self._stop_shadow()
+
+    def _follow_store(self) -> None:
+        """Use the store's active version if someone changed it while we could not write."""
+        version = self.store.state().active
+        if version == self._active_version or self._switch is None:
+            return
+        try:
+            self._use(version, self._load_checked(version))
+        except RecycleXError as error:
+            log.error("version %s, made active meanwhile, cannot be used: %s", version, error)
 
     def _watch_verdict(self) -> str | None:
         settings = self.model_config.watch

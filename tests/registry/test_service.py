@@ -1,6 +1,7 @@
-"""The watch's other triggers, on the registry itself with the real store and model: failed
-classifications, a stalled pipeline and a crash loop. (The uncertain-rate trigger and a model that
-no longer loads run through the whole daemon in test_daemon_models.py.)"""
+"""The daemon's registry service with the real store and model: the watch's other triggers (failed
+classifications, a stalled pipeline, a crash loop) and taking the registry over from a CLI command that
+held it at start. (The uncertain-rate trigger and a model that no longer loads run through the whole
+daemon in test_daemon_models.py.)"""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config, load_config
+from recyclex_edge.errors import RegistryError
 from recyclex_edge.health import HealthRegistry, Status
 from recyclex_edge.registry.service import ModelRegistry, Switch
 from recyclex_edge.registry.store import ModelStore
@@ -108,3 +110,22 @@ def test_a_crash_loop_in_the_watch_rolls_back_but_clean_restarts_do_not(
         expected = "3.0.0" if run <= crashes else "2.0.0"
         assert classifier is not None and classifier.card.version == expected, run
     assert f"without a clean stop {crashes} times" in health.snapshot()["models"].detail
+
+
+def test_a_registry_held_at_start_is_taken_over_and_its_changes_followed(
+    config: Config, loop: asyncio.AbstractEventLoop
+) -> None:
+    cli = ModelStore.for_config(config, {})
+    cli.acquire("cli:technician")
+    stages = Stages()
+    health = HealthRegistry()
+    registry = started(config, stages, loop, health)
+    assert not registry.writable and "in use by cli:technician" in health.snapshot()["models"].detail
+    with pytest.raises(RegistryError, match="in use by cli:technician"):
+        registry.rollback(who="test")
+    cli.activate("3.0.0")  # the technician's command, while the daemon waits
+    cli.release()
+    registry.tick()
+    assert registry.writable and stages.used == ["3.0.0"]
+    assert health.snapshot()["models"].status is Status.OK
+    registry.close()
