@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from recyclex_edge.errors import ConfigError, RegistryError
+from recyclex_edge.errors import ConfigError, ModelError, RegistryError
 from recyclex_edge.registry.keys import PublicKey, generate_keypair, load_signing_key
 from recyclex_edge.registry.package import SUFFIX, pack, read_package
 from recyclex_edge.registry.store import ModelStore
@@ -169,6 +169,16 @@ def _with_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_loads(store: ModelStore, version: str) -> None:
+    """The runtime loads the version (as the daemon checks before it switches)."""
+    from recyclex_edge.registry.service import open_classifier
+
+    try:
+        open_classifier(store, store.entry(version), num_threads=1, pool_size=1)
+    except ModelError as error:
+        raise RegistryError(f"version {version} does not load, so nothing was changed: {error}") from None
+
+
 def _change(
     store: ModelStore,
     args: argparse.Namespace,
@@ -183,15 +193,20 @@ def _change(
             _read(args.package, max_bytes), trusted, allow_unsigned=allow_unsigned, source=str(args.package)
         )
         entry, fresh = store.install(
-            package, by=who, source=str(args.package.resolve()), activate=not args.shadow, shadow=args.shadow
+            package, by=who, source=str(args.package.resolve()), activate=False, shadow=args.shadow
         )
-        role = "shadow candidate" if args.shadow else "active"
-        verb = "installed" if fresh else "already installed;"
-        return f"{verb} {package.describe()} as version {entry.version}, now {role}"
+        verb = "installed" if fresh else "already installed:"
+        if args.shadow:
+            return f"{verb} {package.describe()} as version {entry.version}, now the shadow candidate"
+        _check_loads(store, entry.version)
+        store.activate(entry.version)
+        return f"{verb} {package.describe()} as version {entry.version}, now active"
     if action == "activate":
+        _check_loads(store, args.version)
         previous, now = store.activate(args.version)
         return f"version {now} is active (was {previous})"
     if action == "rollback":
+        _check_loads(store, store.rollback_target())
         previous, now = store.rollback()
         return f"rolled back from {previous} to {now}"
     store.remove(args.version)

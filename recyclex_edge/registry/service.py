@@ -208,14 +208,16 @@ class ModelRegistry:
                     self.health.report("classifier", Status.FAILING, str(error))
                     self._report()
                     return None
-                self._rollback_locked(DAEMON, f"it failed to load at start: {error}")
+                if not self._roll_back_automatically(f"it failed to load at start: {error}"):
+                    self.health.report("classifier", Status.FAILING, str(error))
+                    return None
                 continue
             self._active_version = entry.version
             break
         if self._watch is not None and self._watch.crashes >= self.model_config.watch.max_crashes:
             reason = f"the daemon ended without a clean stop {self._watch.crashes} times while watching it"
-            self._rollback_locked(DAEMON, reason)
-            return self.start_after_rollback()
+            if self._roll_back_automatically(reason):
+                return self.start_after_rollback()
         self._report()
         return classifier
 
@@ -396,9 +398,7 @@ class ModelRegistry:
         try:
             classifier = self._open(entry)
         except ModelError as error:
-            raise RegistryError(
-                f"version {version} does not load, so it was not activated: {error}"
-            ) from None
+            raise RegistryError(f"version {version} does not load, so nothing was changed: {error}") from None
         if self._switch is not None:
             self._switch.check(classifier)
         return classifier
@@ -415,20 +415,43 @@ class ModelRegistry:
         self._use(version, classifier)
         self._begin_watch(version, predecessor)
 
+    def _roll_back_automatically(self, reason: str) -> bool:
+        """False (reported, watch ended) when there is nothing to go back to."""
+        try:
+            self._rollback_locked(DAEMON, reason)
+        except RecycleXError as error:
+            self._end_watch()
+            self.problem = f"wanted to roll back ({reason}) but cannot: {error}"
+            log.error("%s", self.problem)
+            self.audit.append(DAEMON, "rollback", self.store.state().active, ok=False, detail=self.problem)
+            self._report()
+            return False
+        return True
+
     def _rollback_locked(self, who: str, reason: str, *, audit: bool = True) -> tuple[str, str]:
-        previous, now = self.store.rollback()
+        """Back to the predecessor, loaded and checked first (once the stages are attached). Asked for by
+        someone, a predecessor that does not load is refused; done automatically, it is stepped over."""
+        previous = self.store.state().active
+        classifier: Classifier | None = None
+        while self._switch is not None:
+            target = self.store.rollback_target()
+            try:
+                classifier = self._load_checked(target)
+                break
+            except RecycleXError as error:
+                if who != DAEMON:
+                    raise
+                log.error("rollback target %s cannot be used (%s); going further back", target, error)
+                self.store.rollback()
+        _, now = self.store.rollback()
         self._end_watch()
         self._status.last_rollback = _Rollback(_iso(time.time()), previous, now, reason)
         if who == DAEMON:
             log.error("model %s rolled back to %s: %s", previous, now, reason)
         if audit:
             self.audit.append(who, "rollback", previous, ok=True, detail=f"to {now}: {reason}")
-        if self._switch is not None:
-            try:
-                self._use(now, self._load_checked(now))
-            except RecycleXError as error:
-                log.error("the rolled-back model %s cannot be used either: %s", now, error)
-                self.health.report("classifier", Status.FAILING, str(error))
+        if classifier is not None:
+            self._use(now, classifier)
         self._save_status()
         self._report()
         return previous, now
@@ -555,7 +578,7 @@ class ModelRegistry:
         if verdict is not None:
             with self._operation:
                 if self._watch is not None:
-                    self._rollback_locked(DAEMON, verdict)
+                    self._roll_back_automatically(verdict)
             return
         if self._promotion_due():
             shadow = self._shadow

@@ -401,14 +401,22 @@ class ModelStore:
         self._save_state(state)
         return previous, version
 
-    def rollback(self) -> tuple[str, str]:
-        """Back to the version active before this one. (rolled back from, now active)."""
-        self._require_writer()
-        state = self.state()
+    def _rollback_history(self, state: RegistryState) -> list[str]:
         installed = {FACTORY, *self.versions()}
         history = [version for version in state.history if version in installed and version != state.active]
         if not history:
             raise RegistryError(f"there is no earlier model to roll back to; {state.active} stays active")
+        return history
+
+    def rollback_target(self) -> str:
+        """The version `rollback()` would make active (RegistryError if there is none)."""
+        return self._rollback_history(self.state())[-1]
+
+    def rollback(self) -> tuple[str, str]:
+        """Back to the version active before this one. (rolled back from, now active)."""
+        self._require_writer()
+        state = self.state()
+        history = self._rollback_history(state)
         previous, state.active = state.active, history[-1]
         state.history = history[:-1]
         self._save_state(state)

@@ -119,3 +119,18 @@ def test_the_cli_refuses_to_write_while_the_daemon_holds_the_registry(tmp_path: 
         done = cli("model", "rollback", "--config", config)
     assert done.returncode == 2
     assert "in use by the recyclex-edge daemon" in done.stderr and "install-model" in done.stderr
+
+
+def test_the_cli_does_not_activate_a_version_that_does_not_load(tmp_path: Path) -> None:
+    cli("model", "keygen", "--out", tmp_path / "keys", "--name", "fleet")
+    config = bin_config(tmp_path, [(tmp_path / "keys" / "fleet.pub").read_text().strip()])
+    for version in ("2.0.0", "3.0.0"):
+        package = tmp_path / f"{version}.rxm"
+        model = model_version(tmp_path / "src", version)
+        cli("model", "pack", "--key", tmp_path / "keys" / "fleet.key", "--out", package, model)
+        assert cli("model", "install", "--config", config, package).returncode == 0
+    (tmp_path / "state" / "models" / "versions" / "2.0.0" / "model.tflite").write_bytes(b"bit rot")
+    for command in (("rollback",), ("activate", "2.0.0")):
+        done = cli("model", *command, "--config", config)
+        assert done.returncode == 2 and "version 2.0.0 does not load, so nothing was changed" in done.stderr
+    assert [e["active"] for e in listing(config)] == [False, False, True]

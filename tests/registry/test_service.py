@@ -15,6 +15,7 @@ from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config, load_config
 from recyclex_edge.errors import RegistryError
 from recyclex_edge.health import HealthRegistry, Status
+from recyclex_edge.model_card import SHIPPED_MODEL, load_card
 from recyclex_edge.registry.service import ModelRegistry, Switch
 from recyclex_edge.registry.store import ModelStore
 from tests.registry.support import bin_config, keypair, package_file
@@ -129,3 +130,21 @@ def test_a_registry_held_at_start_is_taken_over_and_its_changes_followed(
     assert registry.writable and stages.used == ["3.0.0"]
     assert health.snapshot()["models"].status is Status.OK
     registry.close()
+
+
+def test_an_automatic_rollback_steps_over_a_predecessor_that_no_longer_loads(
+    config: Config, loop: asyncio.AbstractEventLoop
+) -> None:
+    stages, health = Stages(), HealthRegistry()
+    registry = started(config, stages, loop, health)
+    registry.activate("3.0.0", who="test")
+    (registry.store.versions_dir / "2.0.0" / "model.tflite").write_bytes(b"bit rot")
+    with pytest.raises(RegistryError, match="version 2.0.0 does not load, so nothing was changed"):
+        registry.rollback(who="test")  # asked for: refused
+    assert registry.store.state().active == "3.0.0"
+    stages.errors += config.model.watch.max_errors
+    registry.tick()  # automatic: past 2.0.0 to the factory model
+    registry.close()
+    factory_version = load_card(SHIPPED_MODEL).version
+    assert registry.store.state().active == "factory" and stages.used[-1] == factory_version
+    assert "rolled back automatically from 3.0.0 to factory" in health.snapshot()["models"].detail
