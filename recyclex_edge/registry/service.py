@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +56,7 @@ COMPONENT = "models"
 DAEMON = "daemon"
 _UNCERTAIN = "uncertain"
 _DEFAULT_UNCERTAIN_RATE = 0.1
+_LABELS_AWAITED = 5000  # recent shadow-judged items a label may still arrive for
 
 
 def open_classifier(store: ModelStore, entry: ModelEntry, *, num_threads: int, pool_size: int) -> Classifier:
@@ -112,17 +114,25 @@ class _Shadow:
     agreed: int = 0
     active_uncertain: int = 0
     shadow_uncertain: int = 0
-    errors: int = 0
+    # Both decisions of the most recent items by event id, for labels that come later (observe_label).
+    decisions: OrderedDict[str, tuple[str, str]] = field(default_factory=OrderedDict)
+    labelled: int = 0
+    active_correct: int = 0
+    shadow_correct: int = 0
 
     def summary(self) -> dict[str, Any]:
-        items = self.items or 1
+        def share(count: int, total: int) -> float | None:
+            return round(count / total, 4) if total else None
+
         return {
             "version": self.version,
             "items": self.items,
-            "agreement": round(self.agreed / items, 4) if self.items else None,
-            "active_uncertain_rate": round(self.active_uncertain / items, 4) if self.items else None,
-            "shadow_uncertain_rate": round(self.shadow_uncertain / items, 4) if self.items else None,
-            "errors": self.errors,
+            "agreement": share(self.agreed, self.items),
+            "active_uncertain_rate": share(self.active_uncertain, self.items),
+            "shadow_uncertain_rate": share(self.shadow_uncertain, self.items),
+            "labelled": self.labelled,
+            "active_accuracy": share(self.active_correct, self.labelled),
+            "shadow_accuracy": share(self.shadow_correct, self.labelled),
         }
 
 
@@ -557,11 +567,24 @@ class ModelRegistry:
                 self._shadow.agreed += shadow.get("decision") == event.get("decision")
                 self._shadow.active_uncertain += uncertain
                 self._shadow.shadow_uncertain += shadow.get("decision") == _UNCERTAIN
+                decisions = self._shadow.decisions
+                decisions[str(event.get("id"))] = (str(event.get("decision")), str(shadow.get("decision")))
+                while len(decisions) > _LABELS_AWAITED:
+                    decisions.popitem(last=False)
 
-    def shadow_failed(self) -> None:
+    def observe_label(self, event_id: str, label: str) -> bool:
+        """A person's label for a recent item (the site-learning Review page is meant to call this): when
+        the shadow judged that item, both models' accuracy on labelled items counts it. False otherwise
+        (no shadow, an item from before it, or one of the last `_LABELS_AWAITED` no longer)."""
         with self._counts_lock:
-            if self._shadow is not None:
-                self._shadow.errors += 1
+            shadow = self._shadow
+            decided = shadow.decisions.pop(event_id, None) if shadow is not None else None
+            if shadow is None or decided is None:
+                return False
+            shadow.labelled += 1
+            shadow.active_correct += decided[0] == label
+            shadow.shadow_correct += decided[1] == label
+            return True
 
     def tick(self) -> None:
         """Called every second or so off the event loop: the watch's verdict and auto promotion; and,

@@ -573,6 +573,7 @@ function modelStatus(registry) {
   if (registry.shadow) {
     const s = registry.shadow;
     parts.push("shadow " + s.version + ": " + s.items + " items" + (s.agreement === null ? "" : ", " + Math.round(s.agreement * 100) + " % agreement"));
+    if (s.labelled) parts.push("on " + s.labelled + " labelled items: active " + Math.round(s.active_accuracy * 100) + " % right, shadow " + Math.round(s.shadow_accuracy * 100) + " %");
   }
   if (registry.problem) parts.push(registry.problem);
   return parts.join(" · ");

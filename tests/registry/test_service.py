@@ -16,6 +16,7 @@ from recyclex_edge.config import Config, load_config
 from recyclex_edge.errors import RegistryError
 from recyclex_edge.health import HealthRegistry, Status
 from recyclex_edge.model_card import SHIPPED_MODEL, load_card
+from recyclex_edge.registry.keys import load_signing_key
 from recyclex_edge.registry.service import ModelRegistry, Switch
 from recyclex_edge.registry.store import ModelStore
 from tests.registry.support import bin_config, keypair, package_file
@@ -148,3 +149,42 @@ def test_an_automatic_rollback_steps_over_a_predecessor_that_no_longer_loads(
     factory_version = load_card(SHIPPED_MODEL).version
     assert registry.store.state().active == "factory" and stages.used[-1] == factory_version
     assert "rolled back automatically from 3.0.0 to factory" in health.snapshot()["models"].detail
+
+
+def test_labels_that_arrive_later_give_both_models_accuracy(
+    tmp_path: Path, config: Config, loop: asyncio.AbstractEventLoop
+) -> None:
+    registry = started(config, Stages(), loop, HealthRegistry())
+    key_path = tmp_path / "keys" / "fleet.key"
+    data = package_file(tmp_path / "again", "3.0.0", load_signing_key(key_path)).read_bytes()
+    assert "already installed" in registry.install(data, who="test", source="test", shadow=True)["detail"]
+
+    def event_id(number: int) -> str:
+        return f"01JDQ5V6W3M8R2Q4C6T8Y0ZB{number:02d}"
+
+    def event(number: int, decision: str, shadow_decision: str) -> dict[str, object]:
+        """The parts of a pipeline event the registry reads (schemas/event.schema.json)."""
+        return {
+            "id": event_id(number),
+            "decision": decision,
+            "model": {"name": "m", "version": "2.0.0"},
+            "shadow": {
+                "version": "3.0.0",
+                "class": shadow_decision,
+                "confidence": 0.9,
+                "decision": shadow_decision,
+            },
+        }
+
+    for number, (decision, shadow_decision) in enumerate(
+        [("glass", "glass"), ("uncertain", "plastic"), ("metal", "paper"), ("paper", "paper")]
+    ):
+        registry.observe(event(number, decision, shadow_decision))
+    truth = ["glass", "plastic", "metal", "cardboard"]
+    assert all(registry.observe_label(event_id(n), label) for n, label in enumerate(truth))
+    assert not registry.observe_label(event_id(99), "glass"), "not an item the shadow judged"
+    assert not registry.observe_label(event_id(0), "glass"), "each item counts once"
+    shadow = registry.summary()["shadow"]
+    registry.close()
+    assert shadow["items"] == 4 and shadow["agreement"] == 0.5 and shadow["labelled"] == 4
+    assert shadow["active_accuracy"] == 0.5 and shadow["shadow_accuracy"] == 0.5
