@@ -62,6 +62,7 @@ async def events_until(daemon: Daemon, version: str, timeout_s: float = 60) -> d
 async def test_install_by_http_refuses_tampering_and_rolls_back(
     tmp_path: Path,
     signer: tuple[SigningKey, str],
+    openapi_validator: Any,
     run_daemon: Any,  # noqa: F811
 ) -> None:
     key, pub = signer
@@ -74,18 +75,28 @@ async def test_install_by_http_refuses_tampering_and_rolls_back(
         async with session.post(f"{base_url(config)}/api/models", data=bytes(tampered), headers=OCTETS) as r:
             body = await r.json()
             assert r.status == 400 and "changed after signing" in body["error"], body
-            assert set(body) == {"error", "code", "timestamp"}
+            openapi_validator("/api/models", "POST", 400, body)
         assert (await models(session, config))["active"] == FACTORY
 
         async with session.post(f"{base_url(config)}/api/models", data=good, headers=OCTETS) as r:
             body = await r.json()
             assert r.status == 200 and body["version"] == "2.0.0", body
+            openapi_validator("/api/models", "POST", 200, body)
         listed = await models(session, config)
+        openapi_validator("/api/models", "GET", 200, listed)
         assert listed["active"] == "2.0.0" and listed["watch"]["version"] == "2.0.0"
         assert (await events_until(daemon, "2.0.0"))["model"]["version"] == "2.0.0"
 
         async with session.post(f"{base_url(config)}/api/models/rollback") as r:
-            assert r.status == 200 and (await r.json())["version"] == FACTORY
+            body = await r.json()
+            assert r.status == 200 and body["version"] == FACTORY
+            openapi_validator("/api/models/rollback", "POST", 200, body)
+        async with session.delete(f"{base_url(config)}/api/models/{FACTORY}") as r:
+            body = await r.json()
+            assert r.status == 409 and "cannot be removed" in body["error"]
+            openapi_validator("/api/models/{version}", "DELETE", 409, body)
+        async with session.post(f"{base_url(config)}/api/models/9.9.9/activate") as r:
+            assert r.status == 409 and "no model version '9.9.9'" in (await r.json())["error"]
         listed = await models(session, config)
     assert listed["active"] == FACTORY
     audit = [(a["who"], a["action"], a["ok"]) for a in reversed(listed["audit"])]
@@ -93,6 +104,8 @@ async def test_install_by_http_refuses_tampering_and_rolls_back(
         ("http:127.0.0.1", "install", False),
         ("http:127.0.0.1", "install", True),
         ("http:127.0.0.1", "rollback", True),
+        ("http:127.0.0.1", "remove", False),
+        ("http:127.0.0.1", "activate", False),
     ]
 
 
