@@ -1,13 +1,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from recyclex_edge.config.base import Section
 from recyclex_edge.errors import RegistryError
 from recyclex_edge.registry.keys import PublicKey, parse_public_key
+
+
+def _public_key_text(text: str) -> str:
+    try:
+        parse_public_key(text)
+    except RegistryError as error:
+        raise ValueError(str(error)) from None
+    return text
 
 
 class ModelWatchConfig(Section):
@@ -77,7 +85,7 @@ class ModelConfig(Section):
     pool_size: int = Field(
         2, ge=1, le=8, description="Interpreters kept loaded; this many classifications run at once."
     )
-    trusted_keys: list[str] = Field(
+    trusted_keys: list[Annotated[str, AfterValidator(_public_key_text)]] = Field(
         default_factory=list,
         description="Public keys whose model packages this bin installs: each the one-line text of a .pub "
         "file from 'recyclex-edge model keygen' (or ${credential:NAME}).",
@@ -109,16 +117,6 @@ class ModelConfig(Section):
     promote: ModelPromoteConfig = Field(
         default_factory=ModelPromoteConfig, description="Promotion of a shadow candidate."
     )
-
-    @field_validator("trusted_keys")
-    @classmethod
-    def _keys_parse(cls, keys: list[str]) -> list[str]:
-        for number, text in enumerate(keys):
-            try:
-                parse_public_key(text)
-            except RegistryError as error:
-                raise ValueError(f"key {number}: {error}") from None
-        return keys
 
     def public_keys(self) -> list[PublicKey]:
         return [parse_public_key(text) for text in self.trusted_keys]
