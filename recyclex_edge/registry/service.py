@@ -227,11 +227,11 @@ class ModelRegistry:
         if self._watch is not None and self._watch.crashes >= self.model_config.watch.max_crashes:
             reason = f"the daemon ended without a clean stop {self._watch.crashes} times while watching it"
             if self._roll_back_automatically(reason):
-                return self.start_after_rollback()
+                return self._start_after_rollback()
         self._report()
         return classifier
 
-    def start_after_rollback(self) -> Classifier | None:
+    def _start_after_rollback(self) -> Classifier | None:
         try:
             entry = self.store.active()
             self._active_version = entry.version
@@ -259,7 +259,7 @@ class ModelRegistry:
         if candidate is not None:
             try:
                 self._start_shadow(candidate)
-            except (ModelError, RegistryError) as error:
+            except RecycleXError as error:
                 log.error("shadow candidate %s cannot run: %s", candidate, error)
 
     def close(self) -> None:
