@@ -22,7 +22,7 @@ from aiohttp import hdrs, web
 from recyclex_edge.api.auth import RoutePolicy
 from recyclex_edge.api.errors import ApiError
 from recyclex_edge.api.keys import CLIENT, CONFIG, IDENTITY, ROUTE_POLICIES
-from recyclex_edge.api.uploads import MemorySink, UploadKind, receive_upload
+from recyclex_edge.api.uploads import MemorySink, UploadKind, UploadSlots, receive_upload
 from recyclex_edge.errors import PackageError, RegistryError
 from recyclex_edge.registry.package import MAGIC
 from recyclex_edge.registry.service import ModelRegistry
@@ -49,7 +49,11 @@ def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
         raw_types=frozenset({"application/octet-stream"}),
         max_bytes=config.model.max_package_bytes,
         check_head=lambda head: head.startswith(MAGIC),
+        max_parts=config.http.max_multipart_parts,
     )
+    # One package in memory at a time (it is up to model.max_package_bytes, held about twice while
+    # it is checked), so the memory the API can take stays bounded; a second upload meanwhile is 503.
+    package_slot = UploadSlots(1)
     routes = web.RouteTableDef()
 
     @routes.get("/api/models")
@@ -62,12 +66,17 @@ def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
         shadow = request.query.get("shadow", "false").lower()
         if shadow not in ("true", "false", "1", "0"):
             raise ApiError(400, f"shadow must be true or false (got {shadow!r})", reason="bad_query")
-        sink = MemorySink()
-        await receive_upload(request, package, sink, config.http.request_timeout_s)
-        source = f"upload ({sink.sha256()[:12]})"
-        return await _run(
-            registry.install, sink.data(), who=_who(request), source=source, shadow=shadow in ("true", "1")
-        )
+        with package_slot.hold():
+            sink = MemorySink()
+            await receive_upload(request, package, sink, config.http.read_timeout_s)
+            source = f"upload ({sink.sha256()[:12]})"
+            return await _run(
+                registry.install,
+                sink.data(),
+                who=_who(request),
+                source=source,
+                shadow=shadow in ("true", "1"),
+            )
 
     @routes.post("/api/models/rollback")
     async def rollback(request: web.Request) -> web.Response:

@@ -98,7 +98,7 @@ class ModelConfig(Section):
         3, ge=1, le=20, description="Installed versions kept (the factory model is always kept besides)."
     )
     max_package_bytes: int = Field(
-        64 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=1024 * 1024,
         le=1024 * 1024 * 1024,
         description="Largest model package accepted by upload or download.",
