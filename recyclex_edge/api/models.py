@@ -51,8 +51,8 @@ def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
         check_head=lambda head: head.startswith(MAGIC),
         max_parts=config.http.max_multipart_parts,
     )
-    # One package in memory at a time (it is up to model.max_package_bytes, held about twice while
-    # it is checked), so the memory the API can take stays bounded; a second upload meanwhile is 503.
+    # One package in memory at a time (up to model.max_package_bytes, held up to three times over while
+    # it is joined, sliced and checked), so the API's memory stays bounded; a second upload is 503.
     package_slot = UploadSlots(1)
     routes = web.RouteTableDef()
 
