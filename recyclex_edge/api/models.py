@@ -15,6 +15,7 @@ for a package that is not valid) with the registry's reason, and is in the audit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -22,7 +23,7 @@ from aiohttp import hdrs, web
 from recyclex_edge.api.auth import RoutePolicy
 from recyclex_edge.api.errors import ApiError
 from recyclex_edge.api.keys import CLIENT, CONFIG, IDENTITY, ROUTE_POLICIES
-from recyclex_edge.api.uploads import MemorySink, UploadKind, UploadSlots, receive_upload
+from recyclex_edge.api.uploads import MemorySink, UploadKind, receive_upload
 from recyclex_edge.errors import PackageError, RegistryError
 from recyclex_edge.registry.package import MAGIC
 from recyclex_edge.registry.service import ModelRegistry
@@ -51,9 +52,7 @@ def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
         check_head=lambda head: head.startswith(MAGIC),
         max_parts=config.http.max_multipart_parts,
     )
-    # One package in memory at a time (up to model.max_package_bytes, held up to three times over while
-    # it is joined, sliced and checked), so the API's memory stays bounded; a second upload is 503.
-    package_slot = UploadSlots(1)
+
     routes = web.RouteTableDef()
 
     @routes.get("/api/models")
@@ -66,7 +65,13 @@ def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
         shadow = request.query.get("shadow", "false").lower()
         if shadow not in ("true", "false", "1", "0"):
             raise ApiError(400, f"shadow must be true or false (got {shadow!r})", reason="bad_query")
-        with package_slot.hold():
+        # One package in memory at a time, uploaded or downloaded (up to model.max_package_bytes, held
+        # up to three times over while it is joined, sliced and checked): memory stays bounded.
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(registry.transfer())
+            except RegistryError as error:
+                raise ApiError(503, str(error), reason="busy", headers={hdrs.RETRY_AFTER: "5"}) from None
             sink = MemorySink()
             await receive_upload(request, package, sink, config.http.read_timeout_s)
             source = f"upload ({sink.sha256()[:12]})"

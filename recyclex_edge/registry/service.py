@@ -28,13 +28,14 @@ model's on the same items.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -175,6 +176,7 @@ class ModelRegistry:
         self._holder = holder
         self._trusted = config.model.public_keys()
         self._operation = threading.Lock()  # one model operation at a time
+        self._transfer = threading.Lock()  # one package received or downloaded at a time (memory)
         self._counts_lock = threading.Lock()
         self._switch: Switch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -336,15 +338,27 @@ class ModelRegistry:
 
         return self._operation_run(who, "install", source, run)
 
+    @contextlib.contextmanager
+    def transfer(self) -> Iterator[None]:
+        """Held while a package is received or downloaded and installed: one in memory at a time."""
+        if not self._transfer.acquire(blocking=False):
+            raise RegistryError("another model package is being received or installed; retry when it is done")
+        try:
+            yield
+        finally:
+            self._transfer.release()
+
     def install_from_url(self, url: str, sha256: str, *, who: str, shadow: bool) -> dict[str, Any]:
         """Download (on the daemon's event loop, with the size limit, timeout and TLS verification), then
         install. `sha256` is the package file's."""
-        try:
-            data = self._download(url, sha256)
-        except RecycleXError as error:
-            self.audit.append(who, "install", url, ok=False, detail=str(error))
-            raise
-        return self.install(data, who=who, source=url, shadow=shadow)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self.transfer())
+                data = self._download(url, sha256)
+            except RecycleXError as error:
+                self.audit.append(who, "install", url, ok=False, detail=str(error))
+                raise
+            return self.install(data, who=who, source=url, shadow=shadow)  # audits itself
 
     def activate(self, version: str, *, who: str) -> dict[str, Any]:
         def run() -> dict[str, Any]:

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from aiohttp import web
+
 from recyclex_edge.api.keys import CONFIG
 from recyclex_edge.api.models import add_model_routes
+from recyclex_edge.errors import RegistryError
 from recyclex_edge.health import HealthRegistry
 from recyclex_edge.registry.service import ModelRegistry
 from tests.conftest import API_ADMIN_AUTH, API_AUTH
 
+REGISTRY = web.AppKey("test_registry", ModelRegistry)
 
-def with_models(app: Any) -> None:
+
+def with_models(app: web.Application) -> None:
+    """What Daemon.serve adds: a started registry and its routes."""
     registry = ModelRegistry(app[CONFIG], {}, HealthRegistry())
     registry.start()
-    app.on_cleanup.append(lambda app: _close(registry))
+    app[REGISTRY] = registry
+
+    async def close(app: web.Application) -> None:
+        registry.close()
+
+    app.on_cleanup.append(close)
     add_model_routes(app, registry)
-
-
-async def _close(registry: ModelRegistry) -> None:
-    registry.close()
 
 
 async def test_every_model_route_needs_the_admin_scope(api_client: Any, openapi_validator: Any) -> None:
@@ -61,3 +69,18 @@ async def test_uploads_are_checked_before_the_registry_sees_them(api_client: Any
     assert response.status == 400 and "truncated" in body["error"]
     audit = (await (await client.get("/api/models", headers=API_ADMIN_AUTH)).json())["audit"]
     assert audit[0]["who"] == "http:token:operator" and audit[0]["ok"] is False
+
+
+async def test_one_package_at_a_time(api_client: Any) -> None:
+    client = await api_client(classifier=None, customise=with_models)
+    octets = {**API_ADMIN_AUTH, "Content-Type": "application/octet-stream"}
+    registry = client.app[REGISTRY]
+    with registry.transfer():  # a download in progress
+        response = await client.post("/api/models", data=b"RXMODEL1", headers=octets)
+        body = await response.json()
+        assert response.status == 503 and "another model package" in body["error"]
+        assert response.headers["Retry-After"] == "5"
+        with pytest.raises(RegistryError, match="another model package"):
+            registry.install_from_url("http://127.0.0.1:9/x.rxm", "0" * 64, who="mqtt", shadow=False)
+    response = await client.post("/api/models", data=b"RXMODEL1", headers=octets)
+    assert response.status == 400, "free again"
