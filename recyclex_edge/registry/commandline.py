@@ -95,6 +95,15 @@ def run_model_command(args: argparse.Namespace, print_config_problems: Callable[
     except RegistryError as error:
         print(f"refused: {error}", file=sys.stderr)
         return EXIT_REFUSED
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        hint = (
+            "; run it as the service's user (sudo -u recyclex recyclex-edge model ...)"
+            if isinstance(error, PermissionError)
+            else ""
+        )
+        print(f"refused: cannot use{where}: {error.strerror}{hint}", file=sys.stderr)
+        return EXIT_REFUSED
 
 
 def _pack(args: argparse.Namespace) -> int:
