@@ -32,7 +32,7 @@ from typing import Any
 
 from recyclex_edge.config import Config
 from recyclex_edge.errors import ModelError, RegistryError
-from recyclex_edge.model_card import SHIPPED_MODEL, ModelCard, load_card
+from recyclex_edge.model_card import SHIPPED_MODEL, ModelCard, card_path_for, load_card
 from recyclex_edge.registry.package import ModelPackage
 from recyclex_edge.registry.sealing import Sealer
 
@@ -184,6 +184,7 @@ class ModelStore:
         self.sealer = sealer
         self._on_step = on_step
         self._lock: WriterLock | None = None
+        self._factory_card: tuple[tuple[int, ...], ModelCard] | None = None  # (file stamps, card)
 
     @classmethod
     def for_config(
@@ -239,10 +240,7 @@ class ModelStore:
         state = state if state is not None else self.state()
         flags = {"active": state.active == version, "candidate": state.candidate == version}
         if version == FACTORY:
-            try:
-                card = load_card(self.factory_model)
-            except ModelError as error:
-                raise RegistryError(f"the factory model cannot be used: {error}") from None
+            card = self._factory()
             meta = {"source": str(self.factory_model), "installed_by": "package"}
             return ModelEntry(FACTORY, card, None, self.factory_model, False, meta, **flags)
         folder = self.versions_dir / version
@@ -256,6 +254,28 @@ class ModelStore:
         sealed = (folder / SEALED_FILE).is_file()
         model_path = folder / (SEALED_FILE if sealed else MODEL_FILE)
         return ModelEntry(version, card, folder, model_path, sealed, self._meta(folder), **flags)
+
+    def _factory(self) -> ModelCard:
+        """The factory model's card, checked against the model (sha256) again only when a file changed."""
+        try:
+            model, card_file = self.factory_model.stat(), card_path_for(self.factory_model).stat()
+            stamp: tuple[int, ...] | None = (
+                model.st_mtime_ns,
+                model.st_size,
+                card_file.st_mtime_ns,
+                card_file.st_size,
+            )
+        except OSError:
+            stamp = None  # load_card says what is missing
+        if stamp is not None and self._factory_card is not None and self._factory_card[0] == stamp:
+            return self._factory_card[1]
+        try:
+            card = load_card(self.factory_model)
+        except ModelError as error:
+            raise RegistryError(f"the factory model cannot be used: {error}") from None
+        if stamp is not None:
+            self._factory_card = (stamp, card)
+        return card
 
     def entries(self) -> list[ModelEntry]:
         """Every version, the factory model first, then installs oldest first."""
