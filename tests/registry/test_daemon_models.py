@@ -18,6 +18,7 @@ from aiohttp import web
 
 from recyclex_edge.config import Config
 from recyclex_edge.daemon import Daemon
+from recyclex_edge.model_card import SHIPPED_MODEL
 from recyclex_edge.registry.keys import SigningKey
 from recyclex_edge.registry.store import FACTORY, ModelStore
 from tests.mqtt.support import Mosquitto, connect_collector, free_port
@@ -276,3 +277,26 @@ async def test_a_shadow_candidate_judges_every_item_and_is_promoted_automaticall
     assert listed["active"] == "2.0.0" and listed["shadow"] is None
     promotion = listed["audit"][0]
     assert promotion["who"] == "daemon" and promotion["action"] == "activate" and promotion["ok"]
+
+
+async def test_an_encrypting_bin_installs_only_ciphertext_and_sorts_with_it(
+    tmp_path: Path,
+    signer: tuple[SigningKey, str],
+    run_daemon: Any,  # noqa: F811
+) -> None:
+    key, pub = signer
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "model-key").write_text("a1" * 32)
+    config = model_bin(tmp_path, pub, "model.encryption_key_credential=model-key")
+    daemon: Daemon = await run_daemon(config, {"CREDENTIALS_DIRECTORY": str(credentials)})
+    data = package_file(tmp_path, "2.0.0", key).read_bytes()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base_url(config)}/api/models", data=data, headers=OCTETS) as r,
+    ):
+        assert r.status == 200, await r.json()
+    assert (await events_until(daemon, "2.0.0"))["model"]["version"] == "2.0.0"
+    version = tmp_path / "state" / "models" / "versions" / "2.0.0"
+    assert sorted(p.name for p in version.iterdir()) == ["meta.json", "model.json", "model.tflite.sealed"]
+    assert SHIPPED_MODEL.read_bytes()[4096:4160] not in (version / "model.tflite.sealed").read_bytes()
