@@ -11,6 +11,8 @@ The daemon asks it for "the active classifier"; the classifier knows nothing of 
 | `audit.py` | who did what to which model, appended under `<state_dir>/models` |
 | `sealing.py` | optional AES-GCM encryption of installed models at rest |
 | `service.py` | what the daemon uses: install, activate, rollback, shadow, the watch |
+| `tally.py` | what is counted per model (uncertain rates, the watch, the shadow) and the verdicts drawn |
+| `download.py` | fetching a package for `install-model`: size limit, timeout, TLS verified, sha256 |
 | `commands.py` | the model commands MQTT and the page run (install-model, activate-model, ...) |
 | `commandline.py` | `recyclex-edge model ...` |
 

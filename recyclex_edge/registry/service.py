@@ -29,35 +29,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
-
-import aiohttp
 
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config
 from recyclex_edge.errors import ModelError, RecycleXError, RegistryError
 from recyclex_edge.health import HealthRegistry, Status
 from recyclex_edge.registry.audit import AuditLog
+from recyclex_edge.registry.download import check_request, check_sha256, download
 from recyclex_edge.registry.package import read_package
 from recyclex_edge.registry.store import FACTORY, ModelEntry, ModelStore, replace_durably
+from recyclex_edge.registry.tally import UNCERTAIN, Counts, ShadowTally, Watch, iso_time
 
 log = logging.getLogger("recyclex_edge.registry")
 
 COMPONENT = "models"
 DAEMON = "daemon"
-_UNCERTAIN = "uncertain"
 _DEFAULT_UNCERTAIN_RATE = 0.1
-_LABELS_AWAITED = 5000  # recent shadow-judged items a label may still arrive for
 
 
 def open_classifier(store: ModelStore, entry: ModelEntry, *, num_threads: int, pool_size: int) -> Classifier:
@@ -84,60 +78,6 @@ class Switch:
 
 
 @dataclass
-class _Counts:
-    items: int = 0
-    uncertain: int = 0
-
-    def rate(self) -> float | None:
-        return self.uncertain / self.items if self.items else None
-
-
-@dataclass
-class _Watch:
-    """Kept in `models/watch.json` so that it survives the daemon restarting (or crashing)."""
-
-    version: str
-    card_version: str  # what its events carry as model.version
-    predecessor: str
-    started_at: float  # wall clock, seconds
-    baseline_uncertain: float
-    crashes: int = 0  # runs that ended without a clean stop while this watch was on
-    running: bool = True  # cleared by a clean stop; still set at start: the last run crashed
-    items: int = 0
-    uncertain: int = 0
-    errors_at_start: int = 0
-
-
-@dataclass
-class _Shadow:
-    version: str
-    items: int = 0
-    agreed: int = 0
-    active_uncertain: int = 0
-    shadow_uncertain: int = 0
-    # Both decisions of the most recent items by event id, for labels that come later (observe_label).
-    decisions: OrderedDict[str, tuple[str, str]] = field(default_factory=OrderedDict)
-    labelled: int = 0
-    active_correct: int = 0
-    shadow_correct: int = 0
-
-    def summary(self) -> dict[str, Any]:
-        def share(count: int, total: int) -> float | None:
-            return round(count / total, 4) if total else None
-
-        return {
-            "version": self.version,
-            "items": self.items,
-            "agreement": share(self.agreed, self.items),
-            "active_uncertain_rate": share(self.active_uncertain, self.items),
-            "shadow_uncertain_rate": share(self.shadow_uncertain, self.items),
-            "labelled": self.labelled,
-            "active_accuracy": share(self.active_correct, self.labelled),
-            "shadow_accuracy": share(self.shadow_correct, self.labelled),
-        }
-
-
-@dataclass
 class _Rollback:
     at: str
     from_version: str
@@ -148,7 +88,7 @@ class _Rollback:
 @dataclass
 class _Status:
     last_rollback: _Rollback | None = None
-    counts: dict[str, _Counts] = field(default_factory=dict)
+    counts: dict[str, Counts] = field(default_factory=dict)
 
 
 class ModelRegistry:
@@ -183,8 +123,8 @@ class ModelRegistry:
         self._pipeline_errors: Callable[[], int] = lambda: 0
         self._pipeline_stalled: Callable[[], bool] = lambda: False
         self._status = _Status()
-        self._watch: _Watch | None = None
-        self._shadow: _Shadow | None = None
+        self._watch: Watch | None = None
+        self._shadow: ShadowTally | None = None
         self._active_version = FACTORY
         self.writable = False
         self.problem: str | None = None
@@ -306,16 +246,7 @@ class ModelRegistry:
 
     def _watch_summary(self) -> dict[str, Any] | None:
         watch = self._watch
-        if watch is None:
-            return None
-        return {
-            "version": watch.version,
-            "predecessor": watch.predecessor,
-            "until": _iso(watch.started_at + self.model_config.watch.period_s),
-            "items": watch.items,
-            "uncertain_rate": round(watch.uncertain / watch.items, 4) if watch.items else None,
-            "baseline_uncertain_rate": round(watch.baseline_uncertain, 4),
-        }
+        return watch.summary(self.model_config.watch.period_s) if watch is not None else None
 
     # -- operations (blocking; each raises RecycleXError with the reason, after auditing it) -----------
 
@@ -469,7 +400,7 @@ class ModelRegistry:
                 self.store.rollback()
         _, now = self.store.rollback()
         self._end_watch()
-        self._status.last_rollback = _Rollback(_iso(time.time()), previous, now, reason)
+        self._status.last_rollback = _Rollback(iso_time(time.time()), previous, now, reason)
         if who == DAEMON:
             log.error("model %s rolled back to %s: %s", previous, now, reason)
         if audit:
@@ -500,7 +431,7 @@ class ModelRegistry:
         if persist:
             self.store.set_candidate(version)
         with self._counts_lock:
-            self._shadow = _Shadow(version)
+            self._shadow = ShadowTally(version)
         if self._switch is not None:
             self._switch.use_shadow(classifier)
 
@@ -531,7 +462,7 @@ class ModelRegistry:
             return
         baseline = self._baseline(predecessor)
         with self._counts_lock:
-            self._watch = _Watch(
+            self._watch = Watch(
                 version,
                 self.store.entry(version).card.version,
                 predecessor,
@@ -551,9 +482,9 @@ class ModelRegistry:
         if watch is not None and self.writable:
             replace_durably(self.store.root / "watch.json", json.dumps(asdict(watch)).encode())
 
-    def _load_watch(self) -> _Watch | None:
+    def _load_watch(self) -> Watch | None:
         try:
-            watch = _Watch(**json.loads((self.store.root / "watch.json").read_text(encoding="utf-8")))
+            watch = Watch(**json.loads((self.store.root / "watch.json").read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             return None
         if watch.version != self.store.state().active:
@@ -564,41 +495,21 @@ class ModelRegistry:
 
     def observe(self, event: Mapping[str, Any]) -> None:
         """An event sink: counts each model's uncertain rate and the shadow's agreement. Never blocks."""
-        uncertain = event.get("decision") == _UNCERTAIN
-        model = event.get("model")
-        judged_by = model.get("version") if isinstance(model, Mapping) else None
         with self._counts_lock:
-            counts = self._status.counts.setdefault(self._active_version, _Counts())
+            counts = self._status.counts.setdefault(self._active_version, Counts())
             counts.items += 1
-            counts.uncertain += uncertain
-            # An item that was in flight when the model switched was judged by the predecessor.
-            if self._watch is not None and judged_by == self._watch.card_version:
-                self._watch.items += 1
-                self._watch.uncertain += uncertain
-            shadow = event.get("shadow")
-            if self._shadow is not None and isinstance(shadow, Mapping):
-                self._shadow.items += 1
-                self._shadow.agreed += shadow.get("decision") == event.get("decision")
-                self._shadow.active_uncertain += uncertain
-                self._shadow.shadow_uncertain += shadow.get("decision") == _UNCERTAIN
-                decisions = self._shadow.decisions
-                decisions[str(event.get("id"))] = (str(event.get("decision")), str(shadow.get("decision")))
-                while len(decisions) > _LABELS_AWAITED:
-                    decisions.popitem(last=False)
+            counts.uncertain += event.get("decision") == UNCERTAIN
+            if self._watch is not None:
+                self._watch.record(event)
+            if self._shadow is not None:
+                self._shadow.record(event)
 
     def observe_label(self, event_id: str, label: str) -> bool:
         """A person's label for a recent item (the site-learning Review page is meant to call this): when
         the shadow judged that item, both models' accuracy on labelled items counts it. False otherwise
-        (no shadow, an item from before it, or one of the last `_LABELS_AWAITED` no longer)."""
+        (no shadow, an item from before it, one labelled already, or one too old)."""
         with self._counts_lock:
-            shadow = self._shadow
-            decided = shadow.decisions.pop(event_id, None) if shadow is not None else None
-            if shadow is None or decided is None:
-                return False
-            shadow.labelled += 1
-            shadow.active_correct += decided[0] == label
-            shadow.shadow_correct += decided[1] == label
-            return True
+            return self._shadow is not None and self._shadow.label(event_id, label)
 
     def tick(self) -> None:
         """Called every second or so off the event loop: the watch's verdict and auto promotion; and,
@@ -644,50 +555,23 @@ class ModelRegistry:
             watch = self._watch
             if watch is None:
                 return None
-            if time.time() - watch.started_at > settings.period_s:
-                self._watch = None
-                log.info("model %s passed its %.0f s watch", watch.version, settings.period_s)
-                ended = True
-            else:
-                ended = False
-                items, uncertain, baseline = watch.items, watch.uncertain, watch.baseline_uncertain
+            if time.time() - watch.started_at <= settings.period_s:
                 errors = self._pipeline_errors() - watch.errors_at_start
-        if ended:
-            (self.store.root / "watch.json").unlink(missing_ok=True)
-            self._report()
-            return None
-        if errors >= settings.max_errors:
-            return f"{errors} classification(s) failed during its watch"
-        if self._pipeline_stalled():
-            return "the sorting pipeline stalled during its watch"
-        if items >= settings.min_items:
-            rate = uncertain / items
-            limit = max(baseline * settings.uncertain_ratio, baseline + settings.uncertain_margin)
-            if rate > limit:
-                return (
-                    f"it said uncertain on {rate:.0%} of {items} items; its predecessor's rate on this bin "
-                    f"was {baseline:.0%} (limit {limit:.0%})"
-                )
+                return watch.verdict(settings, errors, self._pipeline_stalled())
+            self._watch = None
+        log.info("model %s passed its %.0f s watch", watch.version, settings.period_s)
+        (self.store.root / "watch.json").unlink(missing_ok=True)
+        self._report()
         return None
 
     def _promotion_due(self) -> bool:
-        settings = self.model_config.promote
         with self._counts_lock:
-            shadow = self._shadow
-            if settings.mode != "auto" or shadow is None or shadow.items < settings.min_items:
-                return False
-            agreement = shadow.agreed / shadow.items
-            increase = (shadow.shadow_uncertain - shadow.active_uncertain) / shadow.items
-        return agreement >= settings.min_agreement and increase <= settings.max_uncertain_increase
+            return self._shadow is not None and self._shadow.promotion_due(self.model_config.promote)
 
     # -- download -------------------------------------------------------------------------------------
 
     def _download(self, url: str, sha256: str) -> bytes:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RegistryError(f"the url must be http:// or https:// with a host (got {url!r})")
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower()):
-            raise RegistryError("sha256 must be the package file's sha256 as 64 hex digits")
+        check_request(url, sha256)
         if self._loop is None:
             raise RegistryError("the daemon is not ready to download yet; try again in a moment")
         future = asyncio.run_coroutine_threadsafe(
@@ -695,11 +579,7 @@ class ModelRegistry:
             self._loop,
         )
         data = future.result()
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256.lower():
-            raise RegistryError(
-                f"the download's sha256 is {actual}, not {sha256.lower()}; nothing was installed"
-            )
+        check_sha256(data, sha256)
         return data
 
     # -- reporting ------------------------------------------------------------------------------------
@@ -711,7 +591,9 @@ class ModelRegistry:
         if state.candidate:
             parts.append(f"shadow {state.candidate}")
         if self._watch is not None:
-            parts.append(f"watching until {_iso(self._watch.started_at + self.model_config.watch.period_s)}")
+            parts.append(
+                f"watching until {iso_time(self._watch.started_at + self.model_config.watch.period_s)}"
+            )
         if rollback is not None:
             parts.append(
                 f"rolled back automatically from {rollback.from_version} to {rollback.to_version} at "
@@ -725,10 +607,10 @@ class ModelRegistry:
         status = Status.DEGRADED if automatic or self.problem else Status.OK
         self.health.report(COMPONENT, status, "; ".join(parts))
 
-    def _load_counts(self) -> dict[str, _Counts]:
+    def _load_counts(self) -> dict[str, Counts]:
         try:
             document = json.loads((self.store.root / "counts.json").read_text(encoding="utf-8"))
-            return {str(version): _Counts(**counts) for version, counts in document.items()}
+            return {str(version): Counts(**counts) for version, counts in document.items()}
         except (OSError, ValueError, TypeError, AttributeError):
             return {}
 
@@ -741,36 +623,3 @@ class ModelRegistry:
             replace_durably(self.store.root / "counts.json", json.dumps(document).encode())
         except OSError as error:
             log.warning("cannot save the models' uncertain counts: %s", error.strerror)
-
-
-async def download(url: str, max_bytes: int, timeout_s: float) -> bytes:
-    """GET `url` with aiohttp (TLS certificates verified), at most `max_bytes`, within `timeout_s`."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 30.0))
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, allow_redirects=True, max_redirects=3) as response,
-        ):
-            if response.status != 200:
-                raise RegistryError(f"downloading {url} failed: HTTP {response.status} {response.reason}")
-            if response.content_length is not None and response.content_length > max_bytes:
-                raise RegistryError(
-                    f"{url} is {response.content_length} bytes, over model.max_package_bytes ({max_bytes})"
-                )
-            chunks, size = [], 0
-            async for chunk in response.content.iter_chunked(1 << 16):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise RegistryError(
-                        f"{url} is over model.max_package_bytes ({max_bytes}); download stopped"
-                    )
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except TimeoutError:
-        raise RegistryError(f"downloading {url} took longer than {timeout_s:.0f} s") from None
-    except aiohttp.ClientError as error:
-        raise RegistryError(f"downloading {url} failed: {error}") from None
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from recyclex_edge.errors import RegistryError
-from recyclex_edge.registry.service import download
+from recyclex_edge.registry.download import download
 from tests.mqtt.support import free_port, make_tls_files
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
