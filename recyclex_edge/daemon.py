@@ -275,16 +275,16 @@ class Daemon:
     def _reload_model(self, app: web.Application) -> dict[str, Any]:
         registry = self.registry
         assert registry is not None
-        entry = registry.store.active()
-        classifier = open_classifier(
-            registry.store,
-            entry,
-            num_threads=self.config.model.num_threads,
-            pool_size=self.config.model.pool_size,
-        )
         running = self.classifier
-        self._check_model(classifier)
-        self._use_model(classifier)
+        with registry.exclusive():
+            classifier = open_classifier(
+                registry.store,
+                registry.store.active(),
+                num_threads=self.config.model.num_threads,
+                pool_size=self.config.model.pool_size,
+            )
+            self._check_model(classifier)
+            self._use_model(classifier)
         card = classifier.card
         verb = "reloaded" if running is not None else "loaded (it had failed at start-up)"
         detail = f"{card.name} {card.version} {verb} (sha256 {card.sha256[:12]})"

@@ -270,6 +270,16 @@ class ModelRegistry:
         return self._operation_run(who, "install", source, run)
 
     @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No model operation runs meanwhile (for reload-model, which re-reads the active model)."""
+        if not self._operation.acquire(timeout=60):
+            raise RegistryError("another model operation is still running; try again when it has finished")
+        try:
+            yield
+        finally:
+            self._operation.release()
+
+    @contextlib.contextmanager
     def transfer(self) -> Iterator[None]:
         """Held while a package is received or downloaded and installed: one in memory at a time."""
         if not self._transfer.acquire(blocking=False):
