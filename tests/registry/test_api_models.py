@@ -36,8 +36,8 @@ async def test_every_model_route_needs_the_admin_scope(api_client: Any, openapi_
         ("GET", "/api/models"),
         ("POST", "/api/models"),
         ("POST", "/api/models/rollback"),
-        ("POST", "/api/models/2.0.0/activate"),
-        ("DELETE", "/api/models/2.0.0"),
+        ("POST", "/api/models/7.2.0/activate"),
+        ("DELETE", "/api/models/7.2.0"),
     ]
     for method, path in routes:
         anonymous = await client.request(method, path)

@@ -77,11 +77,11 @@ async def test_kill_9_of_the_daemon_during_installs(tmp_path: Path) -> None:
     config_path = write_config(tmp_path, pub, port)
     store = ModelStore.for_config(load_config(config_path, environ={}), {})
     delays_s: tuple[float | None, ...] = (0.0, 0.01, 0.03, 0.06, 0.1, 0.2, None)  # None: after the answer
-    packages = [package_file(tmp_path, f"3.0.{n}", key).read_bytes() for n in range(len(delays_s))]
+    packages = [package_file(tmp_path, f"7.3.{n}", key).read_bytes() for n in range(len(delays_s))]
 
     daemon = await start_daemon(config_path, port)
     try:
-        assert await post(port, package_file(tmp_path, "2.0.0", key).read_bytes()) == 200
+        assert await post(port, package_file(tmp_path, "7.2.0", key).read_bytes()) == 200
         outcomes = []
         for number, delay_s in enumerate(delays_s):
             previous = store.state().active
@@ -96,10 +96,10 @@ async def test_kill_9_of_the_daemon_during_installs(tmp_path: Path) -> None:
 
             assert store.problems() == [], (delay_s, store.problems())
             active = store.state().active
-            assert active in (previous, f"3.0.{number}"), (delay_s, active)
+            assert active in (previous, f"7.3.{number}"), (delay_s, active)
             if status == 200:
-                assert active == f"3.0.{number}", "an install that answered 200 is durable"
-            outcomes.append(active == f"3.0.{number}")
+                assert active == f"7.3.{number}", "an install that answered 200 is durable"
+            outcomes.append(active == f"7.3.{number}")
             daemon = await start_daemon(config_path, port)  # takes the lock back at once
             async with (
                 aiohttp.ClientSession() as session,

@@ -69,7 +69,7 @@ async def test_install_by_http_refuses_tampering_and_rolls_back(
     key, pub = signer
     config = model_bin(tmp_path, pub)
     daemon: Daemon = await run_daemon(config)
-    good = package_file(tmp_path, "2.0.0", key).read_bytes()
+    good = package_file(tmp_path, "7.2.0", key).read_bytes()
     tampered = bytearray(good)
     tampered[len(tampered) // 3] ^= 0x40
     async with aiohttp.ClientSession() as session:
@@ -81,12 +81,12 @@ async def test_install_by_http_refuses_tampering_and_rolls_back(
 
         async with session.post(f"{base_url(config)}/api/models", data=good, headers=OCTETS) as r:
             body = await r.json()
-            assert r.status == 200 and body["version"] == "2.0.0", body
+            assert r.status == 200 and body["version"] == "7.2.0", body
             openapi_validator("/api/models", "POST", 200, body)
         listed = await models(session, config)
         openapi_validator("/api/models", "GET", 200, listed)
-        assert listed["active"] == "2.0.0" and listed["watch"]["version"] == "2.0.0"
-        assert (await events_until(daemon, "2.0.0"))["model"]["version"] == "2.0.0"
+        assert listed["active"] == "7.2.0" and listed["watch"]["version"] == "7.2.0"
+        assert (await events_until(daemon, "7.2.0"))["model"]["version"] == "7.2.0"
 
         async with session.post(f"{base_url(config)}/api/models/rollback") as r:
             body = await r.json()
@@ -134,7 +134,7 @@ async def test_install_by_mqtt_downloads_verifies_and_refuses(
 ) -> None:
     key, pub = signer
     url, served = package_server
-    good = package_file(tmp_path, "2.0.0", key)
+    good = package_file(tmp_path, "7.2.0", key)
     shutil.copy(good, served / "good.rxm")
     data = bytearray(good.read_bytes())
     data[-10] ^= 0x01  # inside the signature
@@ -169,11 +169,11 @@ async def test_install_by_mqtt_downloads_verifies_and_refuses(
             install,
             {"url": f"{url}/good.rxm", "sha256": sha["good.rxm"], "by": "fleet-manager"},
         )
-        assert answer["ok"] is True and answer["result"]["version"] == "2.0.0", answer
-        await events_until(daemon, "2.0.0")
+        assert answer["ok"] is True and answer["result"]["version"] == "7.2.0", answer
+        await events_until(daemon, "7.2.0")
         states = await wait_for(collector, f"{prefix}/state", 1)
         async with asyncio.timeout(30):
-            while collector.on(f"{prefix}/state")[-1].json()["models"]["active"] != "2.0.0":
+            while collector.on(f"{prefix}/state")[-1].json()["models"]["active"] != "7.2.0":
                 await asyncio.sleep(0.1)
 
         answer = await command(collector, prefix, "rollback-model", {})
@@ -200,24 +200,24 @@ async def test_a_model_that_says_uncertain_to_everything_is_rolled_back(
     config = model_bin(tmp_path, pub, "model.watch.min_items=3")
     daemon: Daemon = await run_daemon(config)
     async with aiohttp.ClientSession() as session:
-        for version, threshold in (("2.0.0", None), ("3.0.0-bad", 1.0)):
+        for version, threshold in (("7.2.0", None), ("7.3.0-bad", 1.0)):
             data = package_file(tmp_path, version, key, threshold=threshold).read_bytes()
             async with session.post(f"{base_url(config)}/api/models", data=data, headers=OCTETS) as r:
                 assert r.status == 200, await r.json()
-        bad = [await events_until(daemon, "3.0.0-bad")]
+        bad = [await events_until(daemon, "7.3.0-bad")]
         assert bad[0]["decision"] == "uncertain"
-        await events_until(daemon, "2.0.0", timeout_s=90)  # rolled back without anyone's help
+        await events_until(daemon, "7.2.0", timeout_s=90)  # rolled back without anyone's help
         listed = await models(session, config)
         async with session.get(f"{base_url(config)}/health") as r:
             health = await r.json()
-    assert listed["active"] == "2.0.0" and listed["watch"] is None
+    assert listed["active"] == "7.2.0" and listed["watch"] is None
     rollback = listed["last_rollback"]
-    assert rollback["from_version"] == "3.0.0-bad" and rollback["to_version"] == "2.0.0"
+    assert rollback["from_version"] == "7.3.0-bad" and rollback["to_version"] == "7.2.0"
     assert "uncertain on 100%" in rollback["reason"]
     assert health["components"]["models"]["status"] == "degraded"
-    assert "rolled back automatically from 3.0.0-bad to 2.0.0" in health["components"]["models"]["detail"]
+    assert "rolled back automatically from 7.3.0-bad to 7.2.0" in health["components"]["models"]["detail"]
     assert listed["audit"][0]["who"] == "daemon" and listed["audit"][0]["action"] == "rollback"
-    assert daemon.state()["models"]["last_rollback"]["to_version"] == "2.0.0"
+    assert daemon.state()["models"]["last_rollback"]["to_version"] == "7.2.0"
 
 
 async def test_a_version_that_no_longer_loads_is_rolled_back_at_start(
@@ -231,19 +231,19 @@ async def test_a_version_that_no_longer_loads_is_rolled_back_at_start(
     from recyclex_edge.registry.package import read_package
 
     with store.writer("test"):
-        for version in ("2.0.0", "3.0.0"):
+        for version in ("7.2.0", "7.3.0"):
             package = read_package(
                 package_file(tmp_path, version, key).read_bytes(),
                 config.model.public_keys(),
                 allow_unsigned=False,
             )
             store.install(package, by="test", source=version, activate=True)
-    (store.versions_dir / "3.0.0" / "model.tflite").write_bytes(b"bit rot")
+    (store.versions_dir / "7.3.0" / "model.tflite").write_bytes(b"bit rot")
     daemon: Daemon = await run_daemon(config)
-    assert daemon.registry is not None and daemon.registry.store.state().active == "2.0.0"
-    assert (await next_events(daemon, 1, timeout_s=60))[0]["model"]["version"] == "2.0.0"
+    assert daemon.registry is not None and daemon.registry.store.state().active == "7.2.0"
+    assert (await next_events(daemon, 1, timeout_s=60))[0]["model"]["version"] == "7.2.0"
     detail = daemon.health.snapshot()["models"].detail
-    assert "from 3.0.0 to 2.0.0" in detail and "failed to load at start" in detail
+    assert "from 7.3.0 to 7.2.0" in detail and "failed to load at start" in detail
 
 
 async def test_a_shadow_candidate_judges_every_item_and_is_promoted_automatically(
@@ -254,7 +254,7 @@ async def test_a_shadow_candidate_judges_every_item_and_is_promoted_automaticall
     key, pub = signer
     config = model_bin(tmp_path, pub, "model.promote.mode=auto", "model.promote.min_items=10")
     daemon: Daemon = await run_daemon(config)
-    data = package_file(tmp_path, "2.0.0", key).read_bytes()
+    data = package_file(tmp_path, "7.2.0", key).read_bytes()
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{base_url(config)}/api/models?shadow=true", data=data, headers=OCTETS) as r:
             assert r.status == 200, await r.json()
@@ -264,7 +264,7 @@ async def test_a_shadow_candidate_judges_every_item_and_is_promoted_automaticall
         async with asyncio.timeout(120):
             while True:
                 (event,) = await next_events(daemon, 1, 60)
-                if event["model"]["version"] == "2.0.0":
+                if event["model"]["version"] == "7.2.0":
                     break  # promoted
                 if "shadow" in event:
                     jsonschema.validate(event, SCHEMA)
@@ -273,8 +273,8 @@ async def test_a_shadow_candidate_judges_every_item_and_is_promoted_automaticall
     assert len(shadowed) >= 9
     for event in shadowed:
         # The same weights: the candidate agrees; the flap followed the active model's decision.
-        assert event["shadow"]["version"] == "2.0.0" and event["shadow"]["decision"] == event["decision"]
-    assert listed["active"] == "2.0.0" and listed["shadow"] is None
+        assert event["shadow"]["version"] == "7.2.0" and event["shadow"]["decision"] == event["decision"]
+    assert listed["active"] == "7.2.0" and listed["shadow"] is None
     promotion = listed["audit"][0]
     assert promotion["who"] == "daemon" and promotion["action"] == "activate" and promotion["ok"]
 
@@ -290,13 +290,13 @@ async def test_an_encrypting_bin_installs_only_ciphertext_and_sorts_with_it(
     (credentials / "model-key").write_text("a1" * 32)
     config = model_bin(tmp_path, pub, "model.encryption_key_credential=model-key")
     daemon: Daemon = await run_daemon(config, {"CREDENTIALS_DIRECTORY": str(credentials)})
-    data = package_file(tmp_path, "2.0.0", key).read_bytes()
+    data = package_file(tmp_path, "7.2.0", key).read_bytes()
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"{base_url(config)}/api/models", data=data, headers=OCTETS) as r,
     ):
         assert r.status == 200, await r.json()
-    assert (await events_until(daemon, "2.0.0"))["model"]["version"] == "2.0.0"
-    version = tmp_path / "state" / "models" / "versions" / "2.0.0"
+    assert (await events_until(daemon, "7.2.0"))["model"]["version"] == "7.2.0"
+    version = tmp_path / "state" / "models" / "versions" / "7.2.0"
     assert sorted(p.name for p in version.iterdir()) == ["meta.json", "model.json", "model.tflite.sealed"]
     assert SHIPPED_MODEL.read_bytes()[4096:4160] not in (version / "model.tflite.sealed").read_bytes()

@@ -41,34 +41,34 @@ def test_operator_round_trip(tmp_path: Path) -> None:
     pub = (tmp_path / "keys" / "fleet.pub").read_text().strip()
     config = bin_config(tmp_path, [pub])
     packages = {}
-    for version in ("2.0.0", "3.0.0"):
+    for version in ("7.2.0", "7.3.0"):
         packages[version] = tmp_path / f"{version}.rxm"
         model = model_version(tmp_path / "src", version)
         done = cli(
             "model", "pack", "--key", tmp_path / "keys" / "fleet.key", "--out", packages[version], model
         )
         assert done.returncode == 0, done.stderr
-    assert cli("model", "verify", "--config", config, packages["2.0.0"]).returncode == 0
+    assert cli("model", "verify", "--config", config, packages["7.2.0"]).returncode == 0
 
-    for version in ("2.0.0", "3.0.0"):
+    for version in ("7.2.0", "7.3.0"):
         done = cli("model", "install", "--config", config, packages[version])
         assert done.returncode == 0, done.stderr
     entries = listing(config)
     assert [(e["version"], e["active"]) for e in entries] == [
         ("factory", False),
-        ("2.0.0", False),
-        ("3.0.0", True),
+        ("7.2.0", False),
+        ("7.3.0", True),
     ]
     assert str(entries[2]["installed_by"]).startswith("cli:") and entries[2]["signer"]
 
     photo = val_photos("glass")[0]
     done = cli("classify", "--json", "--config", config, photo)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["model"]["version"] == "3.0.0"
+    assert json.loads(done.stdout)["model"]["version"] == "7.3.0"
 
     assert cli("model", "rollback", "--config", config).returncode == 0
     assert (
-        json.loads(cli("classify", "--json", "--config", config, photo).stdout)["model"]["version"] == "2.0.0"
+        json.loads(cli("classify", "--json", "--config", config, photo).stdout)["model"]["version"] == "7.2.0"
     )
     audit = (tmp_path / "state" / "models" / "audit.log").read_text().splitlines()
     assert [json.loads(line)["action"] for line in audit] == ["install", "install", "rollback"]
@@ -78,7 +78,7 @@ def test_tampered_untrusted_and_unsigned_packages_are_refused_and_change_nothing
     cli("model", "keygen", "--out", tmp_path / "keys", "--name", "fleet")
     cli("model", "keygen", "--out", tmp_path / "keys", "--name", "stranger")
     config = bin_config(tmp_path, [(tmp_path / "keys" / "fleet.pub").read_text().strip()])
-    model = model_version(tmp_path / "src", "2.0.0")
+    model = model_version(tmp_path / "src", "7.2.0")
     good, stranger, unsigned = tmp_path / "good.rxm", tmp_path / "stranger.rxm", tmp_path / "unsigned.rxm"
     cli("model", "pack", "--key", tmp_path / "keys" / "fleet.key", "--out", good, model)
     cli("model", "pack", "--key", tmp_path / "keys" / "stranger.key", "--out", stranger, model)
@@ -124,13 +124,13 @@ def test_the_cli_refuses_to_write_while_the_daemon_holds_the_registry(tmp_path: 
 def test_the_cli_does_not_activate_a_version_that_does_not_load(tmp_path: Path) -> None:
     cli("model", "keygen", "--out", tmp_path / "keys", "--name", "fleet")
     config = bin_config(tmp_path, [(tmp_path / "keys" / "fleet.pub").read_text().strip()])
-    for version in ("2.0.0", "3.0.0"):
+    for version in ("7.2.0", "7.3.0"):
         package = tmp_path / f"{version}.rxm"
         model = model_version(tmp_path / "src", version)
         cli("model", "pack", "--key", tmp_path / "keys" / "fleet.key", "--out", package, model)
         assert cli("model", "install", "--config", config, package).returncode == 0
-    (tmp_path / "state" / "models" / "versions" / "2.0.0" / "model.tflite").write_bytes(b"bit rot")
-    for command in (("rollback",), ("activate", "2.0.0")):
+    (tmp_path / "state" / "models" / "versions" / "7.2.0" / "model.tflite").write_bytes(b"bit rot")
+    for command in (("rollback",), ("activate", "7.2.0")):
         done = cli("model", *command, "--config", config)
-        assert done.returncode == 2 and "version 2.0.0 does not load, so nothing was changed" in done.stderr
+        assert done.returncode == 2 and "version 7.2.0 does not load, so nothing was changed" in done.stderr
     assert [e["active"] for e in listing(config)] == [False, False, True]

@@ -17,7 +17,7 @@ from tests.registry.support import keypair, model_version
 @pytest.fixture
 def signed(tmp_path: Path) -> tuple[bytes, str]:
     key, pub = keypair(tmp_path / "keys")
-    return pack(model_version(tmp_path, "2.0.0"), key), pub
+    return pack(model_version(tmp_path, "7.2.0"), key), pub
 
 
 def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> Non
 def test_a_signed_package_round_trips(signed: tuple[bytes, str]) -> None:
     data, pub = signed
     package = read_package(data, [parse_public_key(pub)], allow_unsigned=False)
-    assert package.card.version == "2.0.0"
+    assert package.card.version == "7.2.0"
     assert package.model_bytes == SHIPPED_MODEL.read_bytes()
     assert package.signer is not None and package.signer.name == "fleet"
 
@@ -69,14 +69,14 @@ def test_truncated_packages_are_refused(signed: tuple[bytes, str], length: int) 
 
 
 def test_unsigned_packages_need_allow_unsigned(tmp_path: Path) -> None:
-    data = pack(model_version(tmp_path, "2.0.0"), None)
+    data = pack(model_version(tmp_path, "7.2.0"), None)
     with pytest.raises(RegistryError, match="unsigned"):
         read_package(data, [], allow_unsigned=False)
     assert read_package(data, [], allow_unsigned=True).signer is None
 
 
 def test_a_card_that_does_not_match_the_model_is_refused_at_pack(tmp_path: Path) -> None:
-    model = model_version(tmp_path, "2.0.0")
+    model = model_version(tmp_path, "7.2.0")
     model.write_bytes(model.read_bytes()[:-10])
     with pytest.raises(RegistryError, match="does not match its card"):
         pack(model, None)

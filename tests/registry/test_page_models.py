@@ -22,7 +22,7 @@ async def test_models_are_uploaded_rolled_back_and_audited_from_the_page(
     run_daemon: Any,  # noqa: F811
 ) -> None:
     key, pub = keypair(tmp_path / "keys")
-    good = package_file(tmp_path, "2.0.0", key)
+    good = package_file(tmp_path, "7.2.0", key)
     tampered = tmp_path / "tampered.rxm"
     data = bytearray(good.read_bytes())
     data[5000] ^= 0x01
@@ -48,12 +48,12 @@ async def test_models_are_uploaded_rolled_back_and_audited_from_the_page(
     await page.locator("#model-file").set_input_files(str(good))
     await page.locator("#model-upload button[type=submit]").click()
     await expect(result).to_have_attribute("data-outcome", "ok")
-    await expect(page.locator('#models tr[data-version="2.0.0"] td').nth(5)).to_have_text("active")
-    await expect(page.locator("#models-status")).to_contain_text("watching 2.0.0")
-    assert daemon.registry is not None and daemon.registry.store.state().active == "2.0.0"
+    await expect(page.locator('#models tr[data-version="7.2.0"] td').nth(5)).to_have_text("active")
+    await expect(page.locator("#models-status")).to_contain_text("watching 7.2.0")
+    assert daemon.registry is not None and daemon.registry.store.state().active == "7.2.0"
 
     await page.locator("#model-rollback").click()
-    await expect(result).to_contain_text(f"rolled back from 2.0.0 to {FACTORY}")
+    await expect(result).to_contain_text(f"rolled back from 7.2.0 to {FACTORY}")
     await expect(page.locator(f'#models tr[data-version="{FACTORY}"] td').nth(5)).to_have_text("active")
     audit = page.locator("#model-audit li")
     await expect(audit).to_have_count(3)

@@ -36,7 +36,7 @@ def test_installed_models_are_only_ciphertext_on_disk_and_classify_from_memory(t
     environ = credentials(tmp_path / "creds", KEY_HEX)
     store = ModelStore.for_config(config, environ)
     package = read_package(
-        package_file(tmp_path, "2.0.0", key).read_bytes(), config.model.public_keys(), allow_unsigned=False
+        package_file(tmp_path, "7.2.0", key).read_bytes(), config.model.public_keys(), allow_unsigned=False
     )
     with store.writer("test"):
         store.install(package, by="test", source="test", activate=True)
@@ -49,7 +49,7 @@ def test_installed_models_are_only_ciphertext_on_disk_and_classify_from_memory(t
     entry = store.active()
     assert entry.sealed and entry.as_dict()["encrypted"] is True
     classifier = open_classifier(store, entry, num_threads=1, pool_size=1)
-    assert classifier.card.version == "2.0.0"
+    assert classifier.card.version == "7.2.0"
 
     # The CLI classifies with it too, given the credential, and says which version it used.
     done = subprocess.run(
@@ -70,7 +70,7 @@ def test_installed_models_are_only_ciphertext_on_disk_and_classify_from_memory(t
         env={**os.environ, **environ},
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["model"]["version"] == "2.0.0"
+    assert json.loads(done.stdout)["model"]["version"] == "7.2.0"
 
     wrong = ModelStore.for_config(config, credentials(tmp_path / "other", "00" * 32))
     with pytest.raises(RegistryError, match="wrong key, or the file was changed"):

@@ -37,10 +37,10 @@ def config(tmp_path: Path) -> Config:
     from recyclex_edge.registry.package import read_package
 
     with store.writer("test"):
-        for version in ("2.0.0", "3.0.0"):
+        for version in ("7.2.0", "7.3.0"):
             data = package_file(tmp_path, version, key).read_bytes()
             package = read_package(data, config.model.public_keys(), allow_unsigned=False)
-            store.install(package, by="test", source=version, activate=version == "2.0.0")
+            store.install(package, by="test", source=version, activate=version == "7.2.0")
     return config
 
 
@@ -76,17 +76,17 @@ def test_failed_classifications_or_a_stall_in_the_watch_roll_back(
 ) -> None:
     stages, health = Stages(), HealthRegistry()
     registry = started(config, stages, loop, health)
-    registry.activate("3.0.0", who="test")
+    registry.activate("7.3.0", who="test")
     registry.tick()
-    assert registry.store.state().active == "3.0.0", "a quiet watch changes nothing"
+    assert registry.store.state().active == "7.3.0", "a quiet watch changes nothing"
     if trigger == "errors":
         stages.errors += config.model.watch.max_errors
     else:
         stages.stalled = True
     registry.tick()
     registry.close()
-    assert registry.store.state().active == "2.0.0"
-    assert stages.used == ["3.0.0", "2.0.0"]
+    assert registry.store.state().active == "7.2.0"
+    assert stages.used == ["7.3.0", "7.2.0"]
     component = health.snapshot()["models"]
     assert component.status is Status.DEGRADED
     assert ("failed" if trigger == "errors" else "stalled") in component.detail
@@ -96,20 +96,20 @@ def test_a_crash_loop_in_the_watch_rolls_back_but_clean_restarts_do_not(
     config: Config, loop: asyncio.AbstractEventLoop
 ) -> None:
     registry = started(config, Stages(), loop, HealthRegistry())
-    registry.activate("3.0.0", who="test")
+    registry.activate("7.3.0", who="test")
     registry.close()
     for _ in range(5):  # a technician restarting the service: clean stops
         registry = ModelRegistry(config, {}, HealthRegistry())
         assert registry.start() is not None
         registry.close()
-    assert registry.store.state().active == "3.0.0"
+    assert registry.store.state().active == "7.3.0"
     crashes = config.model.watch.max_crashes
     for run in range(1, crashes + 2):
         health = HealthRegistry()
         registry = ModelRegistry(config, {}, health)
         classifier = registry.start()
         registry.store.release()  # then killed: no clean stop
-        expected = "3.0.0" if run <= crashes else "2.0.0"
+        expected = "7.3.0" if run <= crashes else "7.2.0"
         assert classifier is not None and classifier.card.version == expected, run
     assert f"without a clean stop {crashes} times" in health.snapshot()["models"].detail
 
@@ -125,10 +125,10 @@ def test_a_registry_held_at_start_is_taken_over_and_its_changes_followed(
     assert not registry.writable and "in use by cli:technician" in health.snapshot()["models"].detail
     with pytest.raises(RegistryError, match="in use by cli:technician"):
         registry.rollback(who="test")
-    cli.activate("3.0.0")  # the technician's command, while the daemon waits
+    cli.activate("7.3.0")  # the technician's command, while the daemon waits
     cli.release()
     registry.tick()
-    assert registry.writable and stages.used == ["3.0.0"]
+    assert registry.writable and stages.used == ["7.3.0"]
     assert health.snapshot()["models"].status is Status.OK
     registry.close()
 
@@ -138,17 +138,17 @@ def test_an_automatic_rollback_steps_over_a_predecessor_that_no_longer_loads(
 ) -> None:
     stages, health = Stages(), HealthRegistry()
     registry = started(config, stages, loop, health)
-    registry.activate("3.0.0", who="test")
-    (registry.store.versions_dir / "2.0.0" / "model.tflite").write_bytes(b"bit rot")
-    with pytest.raises(RegistryError, match=r"version 2\.0\.0 does not load, so nothing was changed"):
+    registry.activate("7.3.0", who="test")
+    (registry.store.versions_dir / "7.2.0" / "model.tflite").write_bytes(b"bit rot")
+    with pytest.raises(RegistryError, match=r"version 7\.2\.0 does not load, so nothing was changed"):
         registry.rollback(who="test")  # asked for: refused
-    assert registry.store.state().active == "3.0.0"
+    assert registry.store.state().active == "7.3.0"
     stages.errors += config.model.watch.max_errors
-    registry.tick()  # automatic: past 2.0.0 to the factory model
+    registry.tick()  # automatic: past 7.2.0 to the factory model
     registry.close()
     factory_version = load_card(SHIPPED_MODEL).version
     assert registry.store.state().active == "factory" and stages.used[-1] == factory_version
-    assert "rolled back automatically from 3.0.0 to factory" in health.snapshot()["models"].detail
+    assert "rolled back automatically from 7.3.0 to factory" in health.snapshot()["models"].detail
 
 
 def test_labels_that_arrive_later_give_both_models_accuracy(
@@ -156,7 +156,7 @@ def test_labels_that_arrive_later_give_both_models_accuracy(
 ) -> None:
     registry = started(config, Stages(), loop, HealthRegistry())
     key_path = tmp_path / "keys" / "fleet.key"
-    data = package_file(tmp_path / "again", "3.0.0", load_signing_key(key_path)).read_bytes()
+    data = package_file(tmp_path / "again", "7.3.0", load_signing_key(key_path)).read_bytes()
     assert "already installed" in registry.install(data, who="test", source="test", shadow=True)["detail"]
 
     def event_id(number: int) -> str:
@@ -167,9 +167,9 @@ def test_labels_that_arrive_later_give_both_models_accuracy(
         return {
             "id": event_id(number),
             "decision": decision,
-            "model": {"name": "m", "version": "2.0.0"},
+            "model": {"name": "m", "version": "7.2.0"},
             "shadow": {
-                "version": "3.0.0",
+                "version": "7.3.0",
                 "class": shadow_decision,
                 "confidence": 0.9,
                 "decision": shadow_decision,

@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def bin_(tmp_path: Path) -> tuple[Path, ModelStore, list[Path]]:
-    """A bin's config and store, and packages of versions 2.0.0, 3.0.0 and 4.0.0 signed by a trusted key."""
+    """A bin's config and store, and packages of versions 7.2.0, 7.3.0 and 7.4.0 signed by a trusted key."""
     key, pub = keypair(tmp_path / "keys")
-    packages = [package_file(tmp_path, version, key) for version in ("2.0.0", "3.0.0", "4.0.0")]
+    packages = [package_file(tmp_path, version, key) for version in ("7.2.0", "7.3.0", "7.4.0")]
     config_path = bin_config(tmp_path, [pub], keep=2)
     return config_path, ModelStore.for_config(load_config(config_path, environ={}), {}), packages
 
@@ -53,15 +53,15 @@ def test_install_activates_and_rollback_goes_back(bin_: tuple[Path, ModelStore, 
     _, store, (two, three, _) = bin_
     install(store, two)
     install(store, three)
-    assert store.active().version == "3.0.0"
-    assert Classifier(store.active().model_path).card.version == "3.0.0"
+    assert store.active().version == "7.3.0"
+    assert Classifier(store.active().model_path).card.version == "7.3.0"
     with store.writer("test"):
-        assert store.rollback() == ("3.0.0", "2.0.0")
-        assert store.rollback() == ("2.0.0", FACTORY)
+        assert store.rollback() == ("7.3.0", "7.2.0")
+        assert store.rollback() == ("7.2.0", FACTORY)
         with pytest.raises(RegistryError, match="no earlier model"):
             store.rollback()
-        store.activate("3.0.0")
-    assert store.active().version == "3.0.0"
+        store.activate("7.3.0")
+    assert store.active().version == "7.3.0"
     assert store.problems() == []
 
 
@@ -71,9 +71,9 @@ def test_keep_prunes_the_oldest_but_never_the_rollback_target(
     _, store, packages = bin_
     for package in packages:
         install(store, package)
-    assert store.versions() == ["3.0.0", "4.0.0"]  # keep: 2
+    assert store.versions() == ["7.3.0", "7.4.0"]  # keep: 2
     with store.writer("test"):
-        assert store.rollback() == ("4.0.0", "3.0.0")
+        assert store.rollback() == ("7.4.0", "7.3.0")
 
 
 def test_shadow_install_leaves_the_active_model(bin_: tuple[Path, ModelStore, list[Path]]) -> None:
@@ -81,7 +81,7 @@ def test_shadow_install_leaves_the_active_model(bin_: tuple[Path, ModelStore, li
     install(store, two)
     install(store, three, shadow=True)
     entries = {entry.version: entry for entry in store.entries()}
-    assert entries["2.0.0"].active and entries["3.0.0"].candidate and not entries["3.0.0"].active
+    assert entries["7.2.0"].active and entries["7.3.0"].candidate and not entries["7.3.0"].active
 
 
 def test_remove_refuses_the_active_and_the_factory_model(bin_: tuple[Path, ModelStore, list[Path]]) -> None:
@@ -89,18 +89,18 @@ def test_remove_refuses_the_active_and_the_factory_model(bin_: tuple[Path, Model
     install(store, two)
     install(store, three)
     with store.writer("test"):
-        for version, reason in (("3.0.0", "is active"), (FACTORY, "cannot be removed"), ("9", "no model")):
+        for version, reason in (("7.3.0", "is active"), (FACTORY, "cannot be removed"), ("9", "no model")):
             with pytest.raises(RegistryError, match=reason):
                 store.remove(version)
-        store.remove("2.0.0")
-    assert store.versions() == ["3.0.0"] and store.problems() == []
+        store.remove("7.2.0")
+    assert store.versions() == ["7.3.0"] and store.problems() == []
 
 
 def test_same_version_with_other_contents_is_refused(tmp_path: Path) -> None:
     key, pub = keypair(tmp_path / "keys")
     store = ModelStore.for_config(load_config(bin_config(tmp_path, [pub]), environ={}), {})
-    first = package_file(tmp_path / "a", "2.0.0", key)
-    second = package_file(tmp_path / "b", "2.0.0", key, threshold=0.99)
+    first = package_file(tmp_path / "a", "7.2.0", key)
+    second = package_file(tmp_path / "b", "7.2.0", key, threshold=0.99)
     install(store, first)
     with pytest.raises(RegistryError, match="already installed with different contents"):
         install(store, second)
@@ -139,11 +139,11 @@ def _kill_at(config_path: Path, package: Path, step: str) -> list[str]:
 @pytest.mark.parametrize(
     ("step", "active_after"),
     [
-        ("writing-model", "2.0.0"),  # half the model written
-        ("staged", "2.0.0"),  # all files written, not yet in place
-        ("version-placed", "2.0.0"),  # in place, not yet active
-        ("state-staged", "2.0.0"),  # the new pointer written beside the old one
-        ("state-replaced", "3.0.0"),  # the pointer switched
+        ("writing-model", "7.2.0"),  # half the model written
+        ("staged", "7.2.0"),  # all files written, not yet in place
+        ("version-placed", "7.2.0"),  # in place, not yet active
+        ("state-staged", "7.2.0"),  # the new pointer written beside the old one
+        ("state-replaced", "7.3.0"),  # the pointer switched
     ],
 )
 def test_kill_9_during_an_install_leaves_a_working_consistent_store(
@@ -160,7 +160,7 @@ def test_kill_9_during_an_install_leaves_a_working_consistent_store(
     assert Classifier(active.model_path).card.version == active_after  # it really loads
     # The next writer clears what the killed one left half-done, and the install then succeeds.
     install(store, three)
-    assert store.active().version == "3.0.0" and store.problems() == []
+    assert store.active().version == "7.3.0" and store.problems() == []
     assert not store.staging_dir.exists() or not any(store.staging_dir.iterdir())
     with store.writer("test"):
-        assert store.rollback()[1] == "2.0.0"
+        assert store.rollback()[1] == "7.2.0"
