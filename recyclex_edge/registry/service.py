@@ -28,6 +28,7 @@ model's on the same items.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -588,7 +589,12 @@ class ModelRegistry:
             download(url, self.model_config.max_package_bytes, self.model_config.download_timeout_s),
             self._loop,
         )
-        data = future.result()
+        try:
+            # download() keeps its own time; this only guards against a loop that stopped under it.
+            data = future.result(timeout=self.model_config.download_timeout_s + 10)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise RegistryError(f"downloading {url} did not finish; the daemon may be stopping") from None
         check_sha256(data, sha256)
         return data
 
