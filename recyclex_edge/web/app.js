@@ -625,8 +625,14 @@ function renderModels(registry) {
       return row;
     }),
   );
+  const audit = registry.audit;
+  if (!audit.length) {
+    $("model-audit").replaceChildren(el("li", "none", "no model operation yet"));
+    renderAuth();
+    return;
+  }
   $("model-audit").replaceChildren(
-    ...registry.audit.slice(0, 20).map((entry) => {
+    ...audit.slice(0, 20).map((entry) => {
       const item = el("li", entry.ok ? "ok" : "bad");
       item.textContent = clock(new Date(entry.ts)) + " " + entry.who + " " + entry.action + (entry.target ? " " + entry.target : "") + ": " + (entry.ok ? "✓ " : "✗ ") + entry.detail;
       return item;

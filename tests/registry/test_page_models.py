@@ -38,6 +38,7 @@ async def test_models_are_uploaded_rolled_back_and_audited_from_the_page(
     await page.locator("#token").fill(API_ADMIN_TOKEN)
     await page.locator("#token-form button[type=submit]").click()
     await expect(page.locator("#models-status")).to_contain_text(f"active {FACTORY}")
+    await expect(page.locator("#model-audit li")).to_have_text("no model operation yet")
     result = page.locator("#model-result")
 
     await page.locator("#model-file").set_input_files(str(tampered))
