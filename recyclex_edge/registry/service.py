@@ -238,10 +238,13 @@ class ModelRegistry:
         """The small part MQTT's retained state carries."""
         rollback = self._status.last_rollback
         state = self.store.state()
+        with self._counts_lock:
+            shadow = self._shadow.summary() if self._shadow is not None else None
         return {
             "active": state.active,
             "candidate": state.candidate,
             "watching": self._watch is not None,
+            "shadow": shadow,
             "last_rollback": asdict(rollback) if rollback is not None else None,
         }
 

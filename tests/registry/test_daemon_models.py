@@ -261,6 +261,7 @@ async def test_a_shadow_candidate_judges_every_item_and_is_promoted_automaticall
         listed = await models(session, config)
         assert listed["active"] == FACTORY and [m["candidate"] for m in listed["models"]] == [False, True]
         shadowed = []
+        reports: list[dict[str, Any] | None] = []
         async with asyncio.timeout(120):
             while True:
                 (event,) = await next_events(daemon, 1, 60)
@@ -269,8 +270,11 @@ async def test_a_shadow_candidate_judges_every_item_and_is_promoted_automaticall
                 if "shadow" in event:
                     jsonschema.validate(event, SCHEMA)
                     shadowed.append(event)
+                    reports.append(daemon.state()["models"]["shadow"])  # MQTT's retained state carries it
         listed = await models(session, config)
     assert len(shadowed) >= 9
+    figures = [report for report in reports if report is not None]  # None: promoted meanwhile
+    assert len(figures) >= 5 and all(report["agreement"] == 1.0 for report in figures), reports
     for event in shadowed:
         # The same weights: the candidate agrees; the flap followed the active model's decision.
         assert event["shadow"]["version"] == "7.2.0" and event["shadow"]["decision"] == event["decision"]
