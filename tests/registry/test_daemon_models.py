@@ -148,6 +148,8 @@ async def test_install_by_mqtt_downloads_verifies_and_refuses(
     collector = connect_collector(broker, [f"{prefix}/#"], "fleet-manager", protocol="5")
     try:
         daemon: Daemon = await run_daemon(config)
+        # Its first state comes after it subscribed to its commands: nothing sent from here on is lost.
+        await wait_for(collector, f"{prefix}/state", 1)
         install = "install-model"
         answer = await command(
             collector, prefix, install, {"url": f"{url}/tampered.rxm", "sha256": sha["tampered.rxm"]}
@@ -171,14 +173,12 @@ async def test_install_by_mqtt_downloads_verifies_and_refuses(
         )
         assert answer["ok"] is True and answer["result"]["version"] == "7.2.0", answer
         await events_until(daemon, "7.2.0")
-        states = await wait_for(collector, f"{prefix}/state", 1)
         async with asyncio.timeout(30):
             while collector.on(f"{prefix}/state")[-1].json()["models"]["active"] != "7.2.0":
                 await asyncio.sleep(0.1)
 
         answer = await command(collector, prefix, "rollback-model", {})
         assert answer["ok"] is True and answer["result"]["version"] == FACTORY, answer
-        del states
     finally:
         collector.close()
     audit = daemon.registry.audit.recent()
