@@ -6,6 +6,7 @@ Interpreters are created once at start-up (never per frame) and lent out through
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import time
 from collections.abc import Iterator, Sequence
@@ -84,9 +85,12 @@ class _Runner:
         return self.embedding.read(self.interpreter) if self.embedding is not None else None
 
 
-def _load_runner(interpreter_type: type[Any], model_path: Path, num_threads: int, card: ModelCard) -> _Runner:
+def _load_runner(
+    interpreter_type: type[Any], model_path: Path, num_threads: int, card: ModelCard, content: bytes | None
+) -> _Runner:
+    source = {"model_path": str(model_path)} if content is None else {"model_content": content}
     try:
-        interpreter = interpreter_type(model_path=str(model_path), num_threads=num_threads)
+        interpreter = interpreter_type(**source, num_threads=num_threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"model file {model_path} cannot be loaded by the TFLite runtime: {exc}") from None
@@ -116,13 +120,29 @@ class Classifier:
     ('plastic', 0.97)
     """
 
-    def __init__(self, model_path: Path | None = None, *, num_threads: int = 1, pool_size: int = 1) -> None:
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        num_threads: int = 1,
+        pool_size: int = 1,
+        model_content: bytes | None = None,
+        card: ModelCard | None = None,
+    ) -> None:
+        """`model_content` with its `card`: a model held only in memory (an encrypted one, decrypted by
+        its owner); `model_path` then only names it in messages."""
         self.model_path = Path(model_path) if model_path is not None else SHIPPED_MODEL
-        self.card: ModelCard = load_card(self.model_path)
+        if model_content is None:
+            self.card: ModelCard = load_card(self.model_path)
+        elif card is None or hashlib.sha256(model_content).hexdigest() != card.sha256:
+            raise ModelError(f"model {self.model_path} in memory does not match its card's sha256")
+        else:
+            self.card = card
         interpreter_type, self.backend = interpreter_class()
         self.num_threads = num_threads
         runners = [
-            _load_runner(interpreter_type, self.model_path, num_threads, self.card) for _ in range(pool_size)
+            _load_runner(interpreter_type, self.model_path, num_threads, self.card, model_content)
+            for _ in range(pool_size)
         ]
         self._check_against_card(runners[0])
         input_detail = runners[0].interpreter.get_input_details()[0]

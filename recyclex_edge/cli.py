@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recyclex_edge import __version__
-from recyclex_edge.errors import ConfigError, ImageDecodeError, ModelError
+from recyclex_edge.errors import ConfigError, ImageDecodeError, ModelError, RegistryError
+from recyclex_edge.registry.commandline import add_model_parser, run_model_command
+
+if TYPE_CHECKING:
+    from recyclex_edge.classifier import Classifier
+    from recyclex_edge.decision import ConfidencePolicy
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -47,10 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file without starting anything")
     add_config_args(check, required=True)
 
+    add_model_parser(commands, add_config_args)
+
     classify = commands.add_parser("classify", help="classify image files or folders (recursive)")
     classify.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     classify.add_argument("--json", action="store_true", help="one JSON object per image per line")
     classify.add_argument("--model", type=Path, default=None, help="a .tflite model with its card beside it")
+    add_config_args(classify, required=False)  # --config: the bin's active model and decision settings
     classify.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     return parser
 
@@ -90,11 +100,17 @@ def _classify(args: argparse.Namespace) -> int:
     from recyclex_edge.imaging import decode_image
 
     try:
-        classifier = Classifier(args.model, num_threads=args.threads)
-    except ModelError as error:
+        if args.config is not None and args.model is None:
+            classifier, policy = _bin_classifier(args)
+        else:
+            classifier = Classifier(args.model, num_threads=args.threads)
+            policy = ConfidencePolicy.from_card(classifier)
+    except ConfigError as error:
+        _print_config_problems(error)
+        return EXIT_BAD_CONFIG
+    except (ModelError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_MODEL
-    policy = ConfidencePolicy.from_card(classifier)
     status = EXIT_OK
     for path in _image_paths(args.paths):
         try:
@@ -127,6 +143,19 @@ def _classify(args: argparse.Namespace) -> int:
     return status
 
 
+def _bin_classifier(args: argparse.Namespace) -> tuple[Classifier, ConfidencePolicy]:
+    """The bin's active model (from its registry) and its decision settings."""
+    from recyclex_edge.config import load_config
+    from recyclex_edge.decision import ConfidencePolicy
+    from recyclex_edge.registry.service import open_classifier
+    from recyclex_edge.registry.store import ModelStore
+
+    config = load_config(args.config, args.overrides)
+    store = ModelStore.for_config(config, os.environ)
+    classifier = open_classifier(store, store.active(), num_threads=args.threads, pool_size=1)
+    return classifier, ConfidencePolicy.for_model(classifier, config.decision)
+
+
 def _run(args: argparse.Namespace) -> int:
     from recyclex_edge.config import load_config
     from recyclex_edge.daemon import run_daemon
@@ -141,7 +170,16 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(config)
 
 
+def _model(args: argparse.Namespace) -> int:
+    return run_model_command(args, _print_config_problems)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"check-config": _check_config, "classify": _classify, "run": _run}
+    handlers = {
+        "check-config": _check_config,
+        "classify": _classify,
+        "run": _run,
+        "model": _model,
+    }
     return handlers[args.command](args)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import statistics
 import threading
@@ -30,13 +31,14 @@ from recyclex_edge import __version__
 from recyclex_edge.api import EVENTS, build_app
 from recyclex_edge.api.guard import ConnectionGuard, GuardedSite, ensure_file_limit, handler_options
 from recyclex_edge.api.keys import INFERENCE
+from recyclex_edge.api.models import add_model_routes
 from recyclex_edge.api.page import add_technician_page, camera_jpeg
 from recyclex_edge.camera import Camera, build_camera
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config
 from recyclex_edge.decision import ConfidencePolicy
 from recyclex_edge.detector import DepositDetector, build_detector
-from recyclex_edge.errors import ModelError, RecycleXError
+from recyclex_edge.errors import RecycleXError
 from recyclex_edge.gpio import GpioError, make_pin_factory
 from recyclex_edge.health import HealthRegistry, Status
 from recyclex_edge.history import History
@@ -45,7 +47,9 @@ from recyclex_edge.logs import flush_suppressed
 from recyclex_edge.mqtt import CommandHandler, MqttBridge
 from recyclex_edge.notify import Liveness, Notifier, watchdog_interval_s
 from recyclex_edge.outbox import Outbox
-from recyclex_edge.pipeline import EventSink, Mode, SortingPipeline
+from recyclex_edge.pipeline import LIVENESS_NAME, EventSink, Mode, SortingPipeline
+from recyclex_edge.registry.commands import model_commands
+from recyclex_edge.registry.service import ModelRegistry, Switch, open_classifier
 from recyclex_edge.sorter import Sorter, SorterError
 
 log = logging.getLogger("recyclex_edge.daemon")
@@ -59,17 +63,14 @@ MAX_LOOP_SILENCE_S = 20.0
 FIRST_FRAME_GRACE_S = 15.0
 SNAPSHOTS_KEPT = 20
 HOUSEKEEPING_INTERVAL_S = 30.0
+MODEL_WATCH_INTERVAL_S = 1.0
 
 
-def load_classifier(config: Config, health: HealthRegistry) -> Classifier | None:
-    """The classifier, or None (reported as failing) when the model cannot be used."""
-    try:
-        classifier = Classifier(
-            config.model.path, num_threads=config.model.num_threads, pool_size=config.model.pool_size
-        )
-    except ModelError as error:
-        log.error("classifier unavailable: %s", error)
-        health.report("classifier", Status.FAILING, str(error))
+def load_classifier(registry: ModelRegistry, health: HealthRegistry) -> Classifier | None:
+    """The registry's active classifier, or None (reported as failing) when no model can be used."""
+    classifier = registry.start()
+    if classifier is None:
+        log.error("classifier unavailable: %s", health.snapshot()["classifier"].detail)
         return None
     health.report(
         "classifier",
@@ -95,9 +96,11 @@ class Daemon:
         self.health = HealthRegistry()
         self.history = History()
         self.liveness = Liveness(MAX_LOOP_SILENCE_S)
+        self.environ = os.environ if environ is None else environ
         self.notifier = Notifier.from_environment(environ)
         self.watchdog_interval_s = watchdog_interval_s(environ)
         self.classifier: Classifier | None = None
+        self.registry: ModelRegistry | None = None
         self.pin_factory: Any = None
         self.sorter: Sorter | None = None
         self.camera: Camera | None = None
@@ -210,6 +213,7 @@ class Daemon:
             "counters": dict(sorter.counts.categories) if sorter is not None else {},
             "bins": dict(sorter.counts.bins) if sorter is not None else {},
             "fill_levels": sorter.fill_levels() if sorter is not None else {},
+            "models": self.registry.state() if self.registry is not None else None,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -225,13 +229,16 @@ class Daemon:
     # -- commands (from MQTT; each raises RecycleXError to answer with an error) ------------------------
 
     def _commands(self) -> dict[str, CommandHandler]:
-        return {
+        commands: dict[str, CommandHandler] = {
             "mode": self._command_mode,
             "test-actuator": self._command_test_actuator,
             "reload-model": self._command_reload_model,
             "reset-counters": self._command_reset_counters,
             "snapshot": self._command_snapshot,
         }
+        if self.registry is not None:
+            commands.update(model_commands(self.registry))
+        return commands
 
     def _command_mode(self, arguments: dict[str, Any]) -> dict[str, Any]:
         if self.pipeline is None:
@@ -266,11 +273,29 @@ class Daemon:
             return self._reload_model(self.app)
 
     def _reload_model(self, app: web.Application) -> dict[str, Any]:
-        classifier = Classifier(
-            self.config.model.path,
-            num_threads=self.config.model.num_threads,
-            pool_size=self.config.model.pool_size,
-        )
+        registry = self.registry
+        assert registry is not None
+        running = self.classifier
+        with registry.exclusive():
+            classifier = open_classifier(
+                registry.store,
+                registry.store.active(),
+                num_threads=self.config.model.num_threads,
+                pool_size=self.config.model.pool_size,
+            )
+            self._check_model(classifier)
+            self._use_model(classifier)
+        card = classifier.card
+        verb = "reloaded" if running is not None else "loaded (it had failed at start-up)"
+        detail = f"{card.name} {card.version} {verb} (sha256 {card.sha256[:12]})"
+        self.health.report("classifier", Status.OK, detail)
+        log.info("model reloaded: %s", detail)
+        return {"model": {"name": classifier.card.name, "version": classifier.card.version}}
+
+    # -- models (the registry decides which; these switch the stages to it) ------------------------------
+
+    def _check_model(self, classifier: Classifier) -> None:
+        """Raise unless the stages can take `classifier` (same labels; thresholds that name its labels)."""
         running = self.classifier
         if running is not None and classifier.labels != running.labels:
             raise RecycleXError(
@@ -278,19 +303,28 @@ class Daemon:
                 f"{list(running.labels)}; sorter.bins and dashboards expect the old ones: "
                 "restart the service instead"
             )
+        ConfidencePolicy.for_model(classifier, self.config.decision)
+
+    def _use_model(self, classifier: Classifier) -> None:
         policy = ConfidencePolicy.for_model(classifier, self.config.decision)
         self.classifier = classifier
         if self.pipeline is not None:
             self.pipeline.use_classifier(classifier, policy)
         else:
             self._start_pipeline(self._sinks)  # a no-op while the camera or detector is missing
-        app[INFERENCE].use_classifier(classifier, policy)
-        card = classifier.card
-        verb = "reloaded" if running is not None else "loaded (it had failed at start-up)"
-        detail = f"{card.name} {card.version} {verb} (sha256 {card.sha256[:12]})"
-        self.health.report("classifier", Status.OK, detail)
-        log.info("model reloaded: %s", detail)
-        return {"model": {"name": classifier.card.name, "version": classifier.card.version}}
+        if self.app is not None:
+            self.app[INFERENCE].use_classifier(classifier, policy)
+        if self.mqtt is not None:
+            self.mqtt.state_changed()
+
+    def _use_shadow(self, classifier: Classifier | None) -> None:
+        if self.pipeline is not None:
+            shadow = (
+                None
+                if classifier is None
+                else (classifier, ConfidencePolicy.for_model(classifier, self.config.decision))
+            )
+            self.pipeline.use_shadow(shadow)
 
     def _command_reset_counters(self, arguments: dict[str, Any]) -> dict[str, Any]:
         if self.sorter is None:
@@ -357,6 +391,17 @@ class Daemon:
                 log.exception("housekeeping failed; trying again in %.0f s", HOUSEKEEPING_INTERVAL_S)
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
 
+    async def _watch_models(self) -> None:
+        """The registry's watch (automatic rollback) and automatic promotion of a shadow candidate."""
+        while True:
+            await asyncio.sleep(MODEL_WATCH_INTERVAL_S)
+            if self.registry is None:
+                continue
+            try:
+                await asyncio.to_thread(self.registry.tick)
+            except Exception:
+                log.exception("the model watch failed; trying again")
+
     async def _pet_watchdog(self, interval_s: float) -> None:
         warned = False
         while True:
@@ -380,7 +425,8 @@ class Daemon:
 
     async def serve(self) -> None:
         config = self.config
-        self.classifier = load_classifier(config, self.health)
+        self.registry = ModelRegistry(config, self.environ, self.health)
+        self.classifier = load_classifier(self.registry, self.health)
         pin_factory = self._open_gpio()
         self.pin_factory = pin_factory
         self.sorter = self._open_sorter(pin_factory)
@@ -400,11 +446,18 @@ class Daemon:
             detector_state=lambda: self.detector.state.value if self.detector is not None else "off",
             after_command=lambda: self.mqtt.state_changed() if self.mqtt is not None else None,
         )
+        add_model_routes(self.app, self.registry)
         self._start_mqtt()
         # The outbox first: an event counts as produced once it is durable.
         sinks: list[EventSink] = [self.mqtt.submit_event] if self.mqtt is not None else []
-        self._sinks = [*sinks, hub.publish]
+        self._sinks = [*sinks, hub.publish, self.registry.observe]
         self._start_pipeline(self._sinks)
+        self.registry.attach(
+            Switch(check=self._check_model, use=self._use_model, use_shadow=self._use_shadow),
+            asyncio.get_running_loop(),
+            pipeline_errors=lambda: self.pipeline.stats.classify_errors if self.pipeline is not None else 0,
+            pipeline_stalled=lambda: LIVENESS_NAME in self.liveness.silent(),
+        )
 
         options = handler_options(config.http)
         runner = web.AppRunner(self.app, handle_signals=False, **options)
@@ -413,6 +466,7 @@ class Daemon:
         ensure_file_limit(config.http.connections)
         watchdog: asyncio.Task[None] | None = None
         housekeeping = asyncio.create_task(self._keep_house())
+        model_watch = asyncio.create_task(self._watch_models())
         try:
             site = GuardedSite(runner, config.http.host, config.http.port, self.connection_guard, options)
             await site.start()
@@ -431,7 +485,7 @@ class Daemon:
         finally:
             self.notifier.send(STOPPING=1, STATUS="stopping: flaps home, flushing events")
             log.info("stopping")
-            for task in (watchdog, housekeeping):
+            for task in (watchdog, housekeeping, model_watch):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -456,6 +510,8 @@ class Daemon:
             self.mqtt.stop()
         if self.outbox is not None:
             self.outbox.close()
+        if self.registry is not None:
+            self.registry.close()
 
 
 def run_daemon(config: Config) -> int:

@@ -44,3 +44,11 @@ class ModelError(RecycleXError):
 
 class ImageDecodeError(RecycleXError):
     """Bytes that should be an image are not one we can read."""
+
+
+class RegistryError(RecycleXError):
+    """A model package, signing key or model registry operation was refused; nothing was changed."""
+
+
+class PackageError(RegistryError):
+    """A model package is not valid: not a package, truncated, tampered, unsigned or untrusted."""

@@ -44,6 +44,7 @@ class Mode(StrEnum):
 class PipelineStats:
     items: int = 0
     uncertain: int = 0
+    classify_errors: int = 0  # classifications that raised (the model registry's watch counts them)
     last_event_id: str | None = None
     last_event_ts: str | None = None
     inference_ms: list[float] = field(default_factory=list)  # the last few bursts, for stats
@@ -73,8 +74,8 @@ class SortingPipeline:
     ) -> None:
         self._frames = frames
         self._detector = detector
-        self._classifier = classifier
-        self._policy = policy
+        self._model = (classifier, policy)
+        self._shadow: tuple[Classifier, ConfidencePolicy] | None = None
         self._sorter = sorter
         self._config = config
         self._device_id = device_id
@@ -101,7 +102,12 @@ class SortingPipeline:
 
     def use_classifier(self, classifier: Classifier, policy: ConfidencePolicy) -> None:
         """Swap in a reloaded model; the item in progress finishes with the one it started with."""
-        self._classifier, self._policy = classifier, policy
+        self._model = (classifier, policy)
+
+    def use_shadow(self, shadow: tuple[Classifier, ConfidencePolicy] | None) -> None:
+        """A second model that judges every item after the active one has sorted it, and never moves a
+        flap; its verdict goes into the event as `shadow`. None: no shadow."""
+        self._shadow = shadow
 
     def set_mode(self, mode: Mode) -> None:
         if mode != self.mode:
@@ -144,9 +150,15 @@ class SortingPipeline:
                 "an item settled but no frame came within %.1f s; not sorted", self._config.burst_timeout_s
             )
             return
-        results = self._classifier.classify_batch([frame.image for frame in burst])
+        classifier, policy = self._model
+        images = [frame.image for frame in burst]
+        try:
+            results = classifier.classify_batch(images)
+        except Exception:
+            self.stats.classify_errors += 1
+            raise
         verdict = combine(results)
-        decision = self._policy.decide(verdict.label, verdict.confidence)
+        decision = policy.decide(verdict.label, verdict.confidence)
         decided_at_s = time.monotonic()
 
         actuated_at_s: float | None = None
@@ -169,7 +181,7 @@ class SortingPipeline:
             "probabilities": {label: round(p, 6) for label, p in verdict.probabilities.items()},
             "decision": decision,
             "action": action,
-            "model": {"name": self._classifier.card.name, "version": self._classifier.card.version},
+            "model": {"name": classifier.card.name, "version": classifier.card.version},
             "timing": {
                 "frames": len(burst),
                 "inference_ms": round(sum(r.inference_ms for r in results), 3),
@@ -179,6 +191,9 @@ class SortingPipeline:
                 ),
             },
         }
+        shadow = self._shadow_verdict(images)
+        if shadow is not None:
+            event["shadow"] = shadow
         self._record(event, results[0].inference_ms)
         truth = burst[0].scene.label if burst[0].scene is not None else None
         log.info(
@@ -201,6 +216,24 @@ class SortingPipeline:
                 sink(event)
             except Exception:
                 log.exception("an event sink failed for %s", event["id"])
+
+    def _shadow_verdict(self, images: list[Any]) -> dict[str, Any] | None:
+        if self._shadow is None:
+            return None
+        classifier, policy = self._shadow
+        try:
+            verdict = combine(classifier.classify_batch(images))
+        except Exception:
+            log.exception(
+                "the shadow model %s failed on an item; the item is unaffected", classifier.card.version
+            )
+            return None
+        return {
+            "version": classifier.card.version,
+            "class": verdict.label,
+            "confidence": round(verdict.confidence, 6),
+            "decision": policy.decide(verdict.label, verdict.confidence),
+        }
 
     def _record(self, event: dict[str, Any], inference_ms: float) -> None:
         stats = self.stats

@@ -7,13 +7,17 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from recyclex_edge.api.keys import CONFIG
+from recyclex_edge.api.models import add_model_routes
 from recyclex_edge.api.openapi import OPENAPI
 from recyclex_edge.api.page import add_technician_page
+from recyclex_edge.health import HealthRegistry
 from recyclex_edge.history import History
+from recyclex_edge.registry.service import ModelRegistry
 
 
 async def test_the_document_is_served_and_covers_every_route(api_client) -> None:
-    """The daemon's app: build_app's routes plus the technician page's (added as Daemon.serve adds them)."""
+    """The daemon's app: build_app's routes plus the page's and the models' (as Daemon.serve adds them)."""
 
     def with_page(app: Any) -> None:
         add_technician_page(
@@ -24,6 +28,7 @@ async def test_the_document_is_served_and_covers_every_route(api_client) -> None
             camera_snapshot=lambda: None,
             detector_state=lambda: "off",
         )
+        add_model_routes(app, ModelRegistry(app[CONFIG], {}, HealthRegistry()))
 
     client = await api_client(classifier=None, customise=with_page)
     response = await client.get("/openapi.json")

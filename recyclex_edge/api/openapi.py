@@ -152,6 +152,62 @@ _UPLOAD_BODY: dict[str, Any] = {
     },
 }
 
+_SCHEMAS["ModelResult"] = {
+    "type": "object",
+    "required": ["ok", "version", "detail"],
+    "additionalProperties": False,
+    "properties": {"ok": {"const": True}, "version": {"type": "string"}, "detail": {"type": "string"}},
+}
+_SCHEMAS["Models"] = {
+    "type": "object",
+    "required": ["models", "active", "writable", "watch", "shadow", "last_rollback", "promote", "audit"],
+    "properties": {
+        "models": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["version", "name", "model_version", "sha256", "factory", "active", "candidate"],
+                "properties": {
+                    "version": {"type": "string"},
+                    "name": {"type": "string"},
+                    "model_version": {"type": "string"},
+                    "sha256": {"type": "string"},
+                    "factory": {"type": "boolean"},
+                    "active": {"type": "boolean"},
+                    "candidate": {"type": "boolean"},
+                    "encrypted": {"type": "boolean"},
+                    "installed_at": {"type": ["string", "null"]},
+                    "installed_by": {"type": ["string", "null"]},
+                    "source": {"type": ["string", "null"]},
+                    "signer": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "active": {"type": "string"},
+        "writable": {"type": "boolean"},
+        "problem": {"type": ["string", "null"]},
+        "watch": {"type": ["object", "null"]},
+        "shadow": {"type": ["object", "null"]},
+        "last_rollback": {"type": ["object", "null"]},
+        "promote": {"enum": ["manual", "auto"]},
+        "audit": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["ts", "who", "action", "ok"],
+                "properties": {
+                    "ts": {"type": "string"},
+                    "who": {"type": "string"},
+                    "action": {"type": "string"},
+                    "target": {"type": ["string", "null"]},
+                    "ok": {"type": "boolean"},
+                    "detail": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
 _SECURED = [{"bearer": ["predict"]}]
 
 OPENAPI: dict[str, Any] = {
@@ -311,6 +367,71 @@ OPENAPI: dict[str, Any] = {
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
                 "responses": {"200": _json({"type": "object"}, "{ok: true, result}"), "default": _ERROR},
+            }
+        },
+        # The model registry (recyclex_edge/api/models.py); admin scope.
+        "/api/models": {
+            "get": {
+                "summary": "Every model version, the watch, the shadow run, the last rollback, the audit log",
+                "security": [{"bearer": ["admin"]}],
+                "responses": {"200": _json(_ref("Models"), "the registry"), "default": _ERROR},
+            },
+            "post": {
+                "summary": "Install a signed model package (recyclex-edge model pack) and activate it",
+                "security": [{"bearer": ["admin"]}],
+                "parameters": [
+                    {
+                        "name": "shadow",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"enum": ["true", "false", "1", "0"]},
+                        "description": "true: run it beside the active model as a shadow instead.",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {"schema": {"type": "string"}},
+                        "multipart/form-data": {
+                            "schema": {"type": "object", "properties": {"file": {"type": "string"}}}
+                        },
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("ModelResult"), "installed"),
+                    "400": _json(
+                        _ref("Error"), "not a valid package: truncated, tampered, unsigned, untrusted"
+                    ),
+                    "409": _json(_ref("Error"), "refused: does not load, other labels, busy ..."),
+                    "default": _ERROR,
+                },
+            },
+        },
+        "/api/models/{version}/activate": {
+            "post": {
+                "summary": "Make an installed version active (promotes a shadow candidate)",
+                "security": [{"bearer": ["admin"]}],
+                "parameters": [
+                    {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": _json(_ref("ModelResult"), "active"), "default": _ERROR},
+            }
+        },
+        "/api/models/rollback": {
+            "post": {
+                "summary": "Go back to the version active before this one",
+                "security": [{"bearer": ["admin"]}],
+                "responses": {"200": _json(_ref("ModelResult"), "rolled back"), "default": _ERROR},
+            }
+        },
+        "/api/models/{version}": {
+            "delete": {
+                "summary": "Delete an installed version that is not active",
+                "security": [{"bearer": ["admin"]}],
+                "parameters": [
+                    {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": _json(_ref("ModelResult"), "removed"), "default": _ERROR},
             }
         },
         "/openapi.json": {

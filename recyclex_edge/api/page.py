@@ -34,7 +34,7 @@ from recyclex_edge.api.keys import AUTHENTICATOR, CLIENT, CONFIG, IDENTITY, ROUT
 from recyclex_edge.camera import Camera
 from recyclex_edge.errors import RecycleXError
 from recyclex_edge.history import History, scaled_jpeg
-from recyclex_edge.mqtt.commands import ARGUMENTS, MAX_PAYLOAD_BYTES, MODES
+from recyclex_edge.mqtt.commands import ARGUMENTS, CALLER, MAX_PAYLOAD_BYTES, MODES, OPTIONAL_ARGUMENTS
 
 log = logging.getLogger("recyclex_edge.api.page")
 
@@ -81,14 +81,17 @@ def _arguments(name: str, body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ApiError(400, 'the body must be a JSON object, e.g. {"mode": "sort"}', reason="bad_body")
     spec = ARGUMENTS.get(name, {})
-    extra = sorted(set(document) - set(spec))
+    optional = OPTIONAL_ARGUMENTS.get(name, {})
+    extra = sorted(set(document) - set(spec) - set(optional))
     if extra:
-        expected = ", ".join(spec) or "no arguments"
+        expected = ", ".join([*spec, *optional]) or "no arguments"
         raise ApiError(
             400, f"unknown argument(s) {', '.join(extra)}; {name!r} takes {expected}", reason="bad_body"
         )
-    for key, allowed in spec.items():
+    for key, allowed in [*spec.items(), *optional.items()]:
         if key not in document:
+            if key in optional:
+                continue
             raise ApiError(400, f"{name!r} needs {key!r}", reason="bad_body")
         value = document[key]
         if isinstance(allowed, tuple):
@@ -142,6 +145,7 @@ class _CommandRunner:
             raise ApiError(409, "another command is still running; retry when it has finished", reason="busy")
 
         def call() -> dict[str, Any]:
+            CALLER.set(f"http:{caller}")  # this worker thread's own context (asyncio.to_thread copies it)
             try:
                 result = handler(arguments)
             except RecycleXError as error:

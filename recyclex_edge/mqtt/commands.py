@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,22 @@ ARGUMENTS: dict[str, dict[str, tuple[str, ...] | type]] = {
     "reload-model": {},
     "reset-counters": {},
     "snapshot": {},
+    "install-model": {"url": str, "sha256": str},
+    "activate-model": {"version": str},
+    "rollback-model": {},
+    "remove-model": {"version": str},
 }
+# Arguments a command may take but need not. `by` names the sender for the model audit log (MQTT does
+# not tell a subscriber who published; the broker's ACL decides who may).
+OPTIONAL_ARGUMENTS: dict[str, dict[str, type]] = {
+    "install-model": {"shadow": bool, "by": str},
+    "activate-model": {"by": str},
+    "rollback-model": {"by": str},
+    "remove-model": {"by": str},
+}
+# Who sent the command being handled, for handlers that record it (the model audit log): "mqtt[:<by>]"
+# here, "http:<token or address>" from the page's /api/commands. Set around each handler call.
+CALLER: ContextVar[str] = ContextVar("command_caller", default="unknown")
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_PENDING = 8  # commands waiting for the worker; more are refused with "busy"
@@ -149,12 +165,15 @@ class CommandDispatcher:
                 f"request_id must be a string of at most {_MAX_REQUEST_ID_CHARS} characters"
             )
         spec = ARGUMENTS[name]
-        extra = sorted(set(document) - set(spec))
+        optional = OPTIONAL_ARGUMENTS.get(name, {})
+        extra = sorted(set(document) - set(spec) - set(optional))
         if extra:
-            expected = ", ".join(spec) or "no arguments"
+            expected = ", ".join([*spec, *optional]) or "no arguments"
             raise InvalidCommandError(f"unknown argument(s) {', '.join(extra)}; {name!r} takes {expected}")
-        for key, allowed in spec.items():
+        for key, allowed in [*spec.items(), *optional.items()]:
             if key not in document:
+                if key in optional:
+                    continue
                 raise InvalidCommandError(f"{name!r} needs {key!r}")
             value = document[key]
             if isinstance(allowed, tuple):
@@ -169,6 +188,8 @@ class CommandDispatcher:
             request = self._queue.get()
             if request is None:
                 return
+            by = request.arguments.get("by")
+            caller = CALLER.set(f"mqtt:{by}" if by else "mqtt")
             try:
                 result = self._handlers[request.name](dict(request.arguments))
                 if not isinstance(result, dict):
@@ -184,6 +205,8 @@ class CommandDispatcher:
                     error=f"{request.name} failed: {type(error).__name__}: {error}",
                 )
                 continue
+            finally:
+                CALLER.reset(caller)
             log.info("command %s %s done", request.name, request.arguments)
             self._after_command()
             self._answer(

@@ -11,6 +11,7 @@ const HISTORY_REFRESH_MS = 30000; // with it: charts only
 const SOCKET_RETRY_MS = 15000; // new sockets are rate limited (6 a minute by default)
 const MAX_EVENTS = 50;
 const CHART_GROUP_MIN = 10;
+const MODELS_EVERY_MS = 5000;
 
 const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem(TOKEN_KEY) || "";
@@ -237,7 +238,9 @@ function renderAuth() {
   else if (auth && !auth.enabled) setBanner("auth-banner", "warn", text);
   else if (!token) setBanner("auth-banner", "info", "Read-only view: paste an admin token under Controls to test the bin and see images.");
   else setBanner("auth-banner", kind, text);
-  for (const button of document.querySelectorAll("button[data-command]")) button.disabled = !admin || busy;
+  for (const button of document.querySelectorAll("button[data-command], button[data-admin]")) {
+    button.disabled = !admin || busy;
+  }
 }
 
 function renderControls(state) {
@@ -562,6 +565,145 @@ async function runCommand(button) {
   }
 }
 
+// -- models ---------------------------------------------------------------------------------------
+
+function modelStatus(registry) {
+  const parts = ["active " + registry.active];
+  if (registry.watch) parts.push("watching " + registry.watch.version + " until " + clock(new Date(registry.watch.until)) + " (" + registry.watch.items + " items)");
+  if (registry.shadow) {
+    const s = registry.shadow;
+    parts.push("shadow " + s.version + ": " + s.items + " items" + (s.agreement === null ? "" : ", " + Math.round(s.agreement * 100) + " % agreement"));
+    if (s.labelled) parts.push("on " + s.labelled + " labelled items: active " + Math.round(s.active_accuracy * 100) + " % right, shadow " + Math.round(s.shadow_accuracy * 100) + " %");
+  }
+  if (registry.problem) parts.push(registry.problem);
+  return parts.join(" · ");
+}
+
+function renderModels(registry) {
+  $("models-summary").textContent = "promotion " + registry.promote;
+  const status = $("models-status");
+  const rollback = registry.last_rollback;
+  const automatic = rollback && rollback.reason !== "requested";
+  status.className = "models-status " + (automatic ? "warn" : "ok");
+  status.textContent = modelStatus(registry) + (automatic
+    ? " · rolled back automatically from " + rollback.from_version + " to " + rollback.to_version + " at " + clock(new Date(rollback.at)) + ": " + rollback.reason
+    : "");
+  $("models").tBodies[0].replaceChildren(
+    ...registry.models.map((model) => {
+      const row = el("tr");
+      row.dataset.version = model.version;
+      const role = model.active ? "active" : model.candidate ? "shadow" : "";
+      const cells = [
+        model.version,
+        model.name + " " + model.model_version + (model.encrypted ? " (encrypted)" : ""),
+        model.installed_at ? clock(new Date(model.installed_at)) : "—",
+        model.installed_by || "—",
+        model.source ? model.source.split("/").pop() : "—",
+        role,
+      ];
+      for (const text of cells) row.append(el("td", "", text));
+      if (model.source) row.children[4].title = model.source;
+      const actions = el("td");
+      if (!model.active) {
+        const activate = el("button", "", model.candidate ? "Promote" : "Activate");
+        activate.type = "button";
+        activate.dataset.admin = "";
+        activate.dataset.modelAction = "activate";
+        activate.dataset.version = model.version;
+        actions.append(activate);
+        if (!model.factory) {
+          const remove = el("button", "", "Remove");
+          remove.type = "button";
+          remove.dataset.admin = "";
+          remove.dataset.modelAction = "remove";
+          remove.dataset.version = model.version;
+          actions.append(remove);
+        }
+      }
+      row.append(actions);
+      row.classList.toggle("current", model.active);
+      return row;
+    }),
+  );
+  const audit = registry.audit;
+  if (!audit.length) {
+    $("model-audit").replaceChildren(el("li", "none", "no model operation yet"));
+    renderAuth();
+    return;
+  }
+  $("model-audit").replaceChildren(
+    ...audit.slice(0, 20).map((entry) => {
+      const item = el("li", entry.ok ? "ok" : "bad");
+      item.textContent = clock(new Date(entry.ts)) + " " + entry.who + " " + entry.action + (entry.target ? " " + entry.target : "") + ": " + (entry.ok ? "✓ " : "✗ ") + entry.detail;
+      return item;
+    }),
+  );
+  renderAuth();
+}
+
+async function pollModels() {
+  if (!auth || !auth.admin) {
+    $("models-status").textContent = "An admin token shows the bin's models.";
+    return MODELS_EVERY_MS;
+  }
+  const result = await call("/api/models");
+  if (result.status === 429) return retryAfterMs(result, 10000);
+  if (result.ok) renderModels(result.body);
+  else $("models-status").textContent = "Models unavailable (" + result.status + "): " + (result.body?.error || "");
+  return MODELS_EVERY_MS;
+}
+
+async function modelOperation(what, path, options) {
+  const output = $("model-result");
+  busy = true;
+  renderAuth();
+  output.className = "command-result";
+  output.textContent = what + "…";
+  try {
+    const result = await call(path, { method: "POST", ...options });
+    output.className = "command-result " + (result.ok ? "ok" : "bad");
+    output.dataset.outcome = result.ok ? "ok" : "error";
+    output.textContent = result.ok
+      ? "✓ " + result.body.detail
+      : "✗ " + what + " refused (" + result.status + "): " + (result.body?.error || "no answer");
+  } catch (error) {
+    output.className = "command-result bad";
+    output.dataset.outcome = "error";
+    output.textContent = "✗ " + what + ": cannot reach the bin (" + error.message + ")";
+  } finally {
+    busy = false;
+    await pollModels();
+  }
+}
+
+function setUpModels() {
+  $("model-upload").addEventListener("submit", (submit) => {
+    submit.preventDefault();
+    const file = $("model-file").files[0];
+    if (!file) {
+      $("model-result").textContent = "Choose a package file first.";
+      return;
+    }
+    const shadow = $("model-shadow").checked ? "?shadow=true" : "";
+    modelOperation("installing " + file.name, "/api/models" + shadow, {
+      headers: { "Content-Type": "application/octet-stream" },
+      body: file,
+    });
+  });
+  $("model-rollback").addEventListener("click", () => modelOperation("rolling back", "/api/models/rollback", {}));
+  $("models").addEventListener("click", (click) => {
+    const button = click.target.closest("button[data-model-action]");
+    if (!button || button.disabled) return;
+    const version = encodeURIComponent(button.dataset.version);
+    if (button.dataset.modelAction === "activate") {
+      modelOperation("activating " + button.dataset.version, "/api/models/" + version + "/activate", {});
+    } else {
+      modelOperation("removing " + button.dataset.version, "/api/models/" + version, { method: "DELETE" });
+    }
+  });
+  repeat(MODELS_EVERY_MS, pollModels);
+}
+
 function setUp() {
   $("token").value = token ? "••••••••" : "";
   $("token-form").addEventListener("submit", (submit) => {
@@ -588,6 +730,7 @@ function setUp() {
   repeat(STATE_EVERY_MS, pollState);
   repeat(HISTORY_POLL_MS, pollHistory);
   repeat(CAMERA_EVERY_MS, pollCamera);
+  setUpModels();
 }
 
 setUp();
