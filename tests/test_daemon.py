@@ -27,7 +27,7 @@ from recyclex_edge.config import Config, load_config
 from recyclex_edge.daemon import Daemon
 from recyclex_edge.decision import UNCERTAIN
 from recyclex_edge.errors import RecycleXError
-from recyclex_edge.model_card import SHIPPED_MODEL, card_path_for, sha256_of
+from recyclex_edge.model_card import SHIPPED_MODEL, card_path_for, load_card, sha256_of
 from tests.conftest import val_photos
 from tests.mqtt.support import free_port
 
@@ -292,10 +292,11 @@ async def test_reload_model_after_a_failed_start_starts_sorting_without_a_restar
 
         shutil.copy(SHIPPED_MODEL, model)  # the technician fixes the file
         answer = await asyncio.to_thread(daemon._command_reload_model, {})
-        assert answer["model"]["name"] == "trashnet-efficientnet-lite0"
+        shipped = load_card(SHIPPED_MODEL)
+        assert answer["model"]["name"] == shipped.name
         assert daemon.pipeline is not None, "the sorting pipeline starts with the model"
         events = await next_events(daemon, 1, timeout_s=60)
-        assert events[0]["model"]["name"] == "trashnet-efficientnet-lite0"
+        assert events[0]["model"]["name"] == shipped.name
         async with session.get(f"{base}/health") as response:
             health = await response.json()
         classifier = health["components"]["classifier"]
