@@ -43,6 +43,8 @@ RECIPES: dict[str, TrainConfig | TransferConfig] = {
     # Shipped since 2.0.0: frozen ImageNet blocks 0-7, blocks 8-15 and the head fine-tuned on
     # bin-like copies after a linear probe, blended with the probe (transfer.py). 224x224, two outputs.
     "generalist224": TransferConfig(first_top_block=8, ft_lr=3e-4),
+    # Blocks 5.. (stage 4 on) learn: more of TrashNet's detail, at twice the training time.
+    "generalist224-deeper": TransferConfig(first_top_block=5, ft_lr=3e-4),
     # Only blocks 11-15 learn, at a third of the step: 89.1 % val, same held-out dev (79.2 %).
     "generalist224-shallow": TransferConfig(),
     # The same steps in a few minutes (no copies, one epoch): checks the tool chain end to end.
