@@ -30,15 +30,17 @@ from aiohttp import web
 from recyclex_edge import __version__
 from recyclex_edge.api import EVENTS, build_app
 from recyclex_edge.api.guard import ConnectionGuard, GuardedSite, ensure_file_limit, handler_options
-from recyclex_edge.api.keys import INFERENCE
+from recyclex_edge.api.keys import INFERENCE, METRICS
 from recyclex_edge.api.models import add_model_routes
 from recyclex_edge.api.page import add_technician_page, camera_jpeg
+from recyclex_edge.api.review import add_review_api
 from recyclex_edge.camera import Camera, build_camera
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config
 from recyclex_edge.decision import ConfidencePolicy
 from recyclex_edge.detector import DepositDetector, build_detector
 from recyclex_edge.errors import RecycleXError
+from recyclex_edge.fieldlearning import FieldLearning
 from recyclex_edge.gpio import GpioError, make_pin_factory
 from recyclex_edge.health import HealthRegistry, Status
 from recyclex_edge.history import History
@@ -101,6 +103,7 @@ class Daemon:
         self.watchdog_interval_s = watchdog_interval_s(environ)
         self.classifier: Classifier | None = None
         self.registry: ModelRegistry | None = None
+        self.site: FieldLearning | None = None
         self.pin_factory: Any = None
         self.sorter: Sorter | None = None
         self.camera: Camera | None = None
@@ -200,6 +203,7 @@ class Daemon:
             sinks=sinks,
             liveness=self.liveness,
             history=self.history,
+            site=self.site,
         )
         self.pipeline.start()
 
@@ -214,6 +218,20 @@ class Daemon:
             "bins": dict(sorter.counts.bins) if sorter is not None else {},
             "fill_levels": sorter.fill_levels() if sorter is not None else {},
             "models": self.registry.state() if self.registry is not None else None,
+            "review": self._review_state(),
+        }
+
+    def _review_state(self) -> dict[str, Any] | None:
+        """The Review backlog for dashboards: items waiting for a label, labelled, the adaptation."""
+        if self.site is None:
+            return None
+        summary = self.site.summary()
+        adaptation = summary["adaptation"]
+        return {
+            "backlog": summary["backlog"],
+            "labelled": summary["labelled"],
+            "adaptation": adaptation["id"] if adaptation is not None else None,
+            "drift": bool(summary["drift"] and summary["drift"]["drifting"]),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -238,6 +256,8 @@ class Daemon:
         }
         if self.registry is not None:
             commands.update(model_commands(self.registry))
+        if self.site is not None:
+            commands.update(self.site.commands())
         return commands
 
     def _command_mode(self, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +328,8 @@ class Daemon:
     def _use_model(self, classifier: Classifier) -> None:
         policy = ConfidencePolicy.for_model(classifier, self.config.decision)
         self.classifier = classifier
+        if self.site is not None:
+            self.site.use_classifier(classifier)
         if self.pipeline is not None:
             self.pipeline.use_classifier(classifier, policy)
         else:
@@ -379,6 +401,8 @@ class Daemon:
         state_dir.mkdir(parents=True, exist_ok=True)
         check_disk(state_dir, self.health)
         check_temperature(self.health)
+        if self.site is not None:
+            self.site.housekeeping()
         if self.sorter is not None:
             self.sorter.refresh_health()  # a bin filling up while idle must show too
 
@@ -427,6 +451,12 @@ class Daemon:
         config = self.config
         self.registry = ModelRegistry(config, self.environ, self.health)
         self.classifier = load_classifier(self.registry, self.health)
+        self.site = FieldLearning(
+            config.capture, config.decision, config.storage.state_dir, health=self.health
+        )
+        if self.classifier is not None:
+            self.site.use_classifier(self.classifier)
+        self.site.start()
         pin_factory = self._open_gpio()
         self.pin_factory = pin_factory
         self.sorter = self._open_sorter(pin_factory)
@@ -447,7 +477,10 @@ class Daemon:
             after_command=lambda: self.mqtt.state_changed() if self.mqtt is not None else None,
         )
         add_model_routes(self.app, self.registry)
+        add_review_api(self.app, self.site)
+        self.app[METRICS].watch_drift(self.site.drift_state)
         self._start_mqtt()
+        self.site.on_change = lambda: self.mqtt.state_changed() if self.mqtt is not None else None
         # The outbox first: an event counts as produced once it is durable.
         sinks: list[EventSink] = [self.mqtt.submit_event] if self.mqtt is not None else []
         self._sinks = [*sinks, hub.publish, self.registry.observe]
@@ -512,6 +545,8 @@ class Daemon:
             self.outbox.close()
         if self.registry is not None:
             self.registry.close()
+        if self.site is not None:
+            self.site.close()
 
 
 def run_daemon(config: Config) -> int:

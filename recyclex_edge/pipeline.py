@@ -21,6 +21,7 @@ from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import DecisionConfig
 from recyclex_edge.decision import UNCERTAIN, ConfidencePolicy, combine
 from recyclex_edge.detector import DepositDetector, DepositEventKind, FrameFeed
+from recyclex_edge.fieldlearning import FieldLearning
 from recyclex_edge.history import History
 from recyclex_edge.ids import new_event_id
 from recyclex_edge.notify import Liveness
@@ -71,6 +72,7 @@ class SortingPipeline:
         sinks: list[EventSink],
         liveness: Liveness | None = None,
         history: History | None = None,
+        site: FieldLearning | None = None,
     ) -> None:
         self._frames = frames
         self._detector = detector
@@ -82,6 +84,7 @@ class SortingPipeline:
         self._sinks = sinks
         self._liveness = liveness
         self._history = history
+        self._site = site
         self.mode = Mode.SORT
         self.stats = PipelineStats()
         self._stop = threading.Event()
@@ -158,6 +161,12 @@ class SortingPipeline:
             self.stats.classify_errors += 1
             raise
         verdict = combine(results)
+        adaptation_id, judged = None, None
+        if self._site is not None:
+            # The site adaptation (when one is in use) re-weighs the model's opinion and brings its own
+            # recalibrated threshold; the classifier itself never knows.
+            judged = self._site.adapt(verdict)
+            verdict, policy, adaptation_id = judged.verdict, judged.policy, judged.adaptation_id
         decision = policy.decide(verdict.label, verdict.confidence)
         decided_at_s = time.monotonic()
 
@@ -181,7 +190,11 @@ class SortingPipeline:
             "probabilities": {label: round(p, 6) for label, p in verdict.probabilities.items()},
             "decision": decision,
             "action": action,
-            "model": {"name": classifier.card.name, "version": classifier.card.version},
+            "model": {
+                "name": classifier.card.name,
+                "version": classifier.card.version,
+                "adaptation": adaptation_id,
+            },
             "timing": {
                 "frames": len(burst),
                 "inference_ms": round(sum(r.inference_ms for r in results), 3),
@@ -216,6 +229,11 @@ class SortingPipeline:
                 sink(event)
             except Exception:
                 log.exception("an event sink failed for %s", event["id"])
+        if self._site is not None and judged is not None:
+            try:
+                self._site.observe(event, [frame.image for frame in burst], judged)
+            except Exception:
+                log.exception("field learning failed to observe %s", event["id"])
 
     def _shadow_verdict(self, images: list[Any]) -> dict[str, Any] | None:
         if self._shadow is None:

@@ -15,7 +15,7 @@ import jwt
 
 from recyclex_edge.config.http import AuthConfig, Scope
 
-ALL_SCOPES: frozenset[str] = frozenset({"predict", "admin"})
+ALL_SCOPES: frozenset[str] = frozenset({"predict", "label", "admin"})
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ A registry per app keeps tests (and any second app in the process) from collidin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -17,6 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from recyclex_edge.fieldlearning import DriftState
 from recyclex_edge.model_card import ModelCard
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -82,6 +85,34 @@ class Metrics:
         )
         # Empty until a model is loaded: the inference service names it (again on reload-model).
         self._model = Info("recyclex_model", "The loaded model.", registry=self.registry)
+
+    def watch_drift(self, state: Callable[[], DriftState | None]) -> None:
+        """Drift gauges read from the field-learning drift watch at each scrape."""
+
+        def read(pick: Callable[[DriftState], float | None]) -> Callable[[], float]:
+            def value() -> float:
+                current = state()
+                picked = pick(current) if current is not None else None
+                return float("nan") if picked is None else picked
+
+            return value
+
+        Gauge(
+            "recyclex_classifier_drift",
+            "1 while the rolling uncertain rate or mean confidence has drifted from the bin's baseline "
+            "(label items on the Review page); else 0.",
+            registry=self.registry,
+        ).set_function(read(lambda s: float(s.drifting)))
+        Gauge(
+            "recyclex_rolling_uncertain_rate",
+            "Share of the last capture.drift.window_items items decided 'uncertain'.",
+            registry=self.registry,
+        ).set_function(read(lambda s: s.uncertain_rate))
+        Gauge(
+            "recyclex_rolling_mean_confidence",
+            "Mean confidence over the last capture.drift.window_items items.",
+            registry=self.registry,
+        ).set_function(read(lambda s: s.mean_confidence))
 
     def set_model(self, card: ModelCard) -> None:
         """Name the model in use (again after reload-model)."""

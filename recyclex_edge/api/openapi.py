@@ -225,7 +225,7 @@ OPENAPI: dict[str, Any] = {
             "bearer": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "A static API token or a JWT; scopes 'predict' and 'admin'.",
+                "description": "A static API token or a JWT; scopes 'predict', 'label' and 'admin'.",
             }
         },
     },

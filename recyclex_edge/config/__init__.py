@@ -14,6 +14,7 @@ from pydantic import Field
 
 from recyclex_edge.config.base import Section
 from recyclex_edge.config.camera import CameraConfig
+from recyclex_edge.config.capture import AdaptationConfig, CaptureConfig, DriftConfig
 from recyclex_edge.config.decision import DecisionConfig
 from recyclex_edge.config.detector import DetectorConfig
 from recyclex_edge.config.device import DeviceConfig
@@ -40,6 +41,7 @@ class Config(Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
@@ -59,11 +61,14 @@ def load_config(
 
 
 __all__ = [
+    "AdaptationConfig",
     "CameraConfig",
+    "CaptureConfig",
     "Config",
     "DecisionConfig",
     "DetectorConfig",
     "DeviceConfig",
+    "DriftConfig",
     "GpioConfig",
     "HttpConfig",
     "LoggingConfig",

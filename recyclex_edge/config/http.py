@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from recyclex_edge.config.base import Section
 from recyclex_edge.config.connections import ConnectionsConfig
 
-Scope = Literal["predict", "admin"]
+Scope = Literal["predict", "label", "admin"]
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
 _PERIOD_S = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
@@ -51,7 +51,8 @@ class ApiTokenConfig(Section):
     scopes: list[Scope] = Field(
         default_factory=_predict_only,
         min_length=1,
-        description="'predict' calls the /predict endpoints; 'admin' may do everything, /metrics included.",
+        description="'predict' calls the /predict endpoints; 'label' labels captured items on the Review "
+        "page; 'admin' may do everything, /metrics included.",
     )
 
 

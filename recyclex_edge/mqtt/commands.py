@@ -43,6 +43,7 @@ ARGUMENTS: dict[str, dict[str, tuple[str, ...] | type]] = {
     "activate-model": {"version": str},
     "rollback-model": {},
     "remove-model": {"version": str},
+    "label": {"event_id": str, "label": str},  # a captured item's label (field learning)
 }
 # Arguments a command may take but need not. `by` names the sender for the model audit log (MQTT does
 # not tell a subscriber who published; the broker's ACL decides who may).
