@@ -11,6 +11,8 @@ from recyclex_edge.api.keys import CONFIG
 from recyclex_edge.api.models import add_model_routes
 from recyclex_edge.api.openapi import OPENAPI
 from recyclex_edge.api.page import add_technician_page
+from recyclex_edge.api.review import add_review_api
+from recyclex_edge.fieldlearning import FieldLearning
 from recyclex_edge.health import HealthRegistry
 from recyclex_edge.history import History
 from recyclex_edge.registry.service import ModelRegistry
@@ -29,6 +31,8 @@ async def test_the_document_is_served_and_covers_every_route(api_client) -> None
             detector_state=lambda: "off",
         )
         add_model_routes(app, ModelRegistry(app[CONFIG], {}, HealthRegistry()))
+        config = app[CONFIG]
+        add_review_api(app, FieldLearning(config.capture, config.decision, config.storage.state_dir))
 
     client = await api_client(classifier=None, customise=with_page)
     response = await client.get("/openapi.json")

@@ -98,6 +98,43 @@ _SCHEMAS: dict[str, Any] = {
             "cached": {"type": "boolean", "description": "Answered from the in-process cache (timings 0)."},
         },
     },
+    "CapturedItem": {
+        "type": "object",
+        "required": ["id", "captured_at", "reason", "class", "confidence", "decision", "label"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "description": "The event id of the item."},
+            "captured_at": {"type": "string", "format": "date-time"},
+            "reason": {"enum": ["uncertain", "sample", "import"]},
+            "class": {"type": "string", "description": "The bin's guess when it decided."},
+            "confidence": _PROBABILITY,
+            "decision": {"type": "string"},
+            "model_version": {"type": "string"},
+            "width": {"type": "integer", "minimum": 1},
+            "height": {"type": "integer", "minimum": 1},
+            "label": {"type": ["string", "null"], "description": "What a person said it is; null: not yet."},
+            "labelled_by": {"type": ["string", "null"]},
+            "labelled_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "Captures": {
+        "type": "object",
+        "required": ["items", "backlog", "labelled", "counts", "labels", "adaptation", "adaptation_detail"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("CapturedItem"), "description": "Newest first."},
+            "backlog": {"type": "integer", "minimum": 0, "description": "Items waiting for a label."},
+            "labelled": {"type": "integer", "minimum": 0},
+            "items_total": {"type": "integer", "minimum": 0},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+            "labels": {"type": "array", "items": {"type": "string"}, "description": "Allowed labels."},
+            "adaptation": {
+                "type": ["object", "null"],
+                "description": "The site adaptation in use: id, head, cross-validated figures.",
+            },
+            "adaptation_detail": {"type": "string"},
+            "drift": {"type": ["object", "null"]},
+        },
+    },
     "VideoPrediction": {
         "type": "object",
         "required": ["fps", "frames", "summary", "model", "timing"],
@@ -432,6 +469,72 @@ OPENAPI: dict[str, Any] = {
                     {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
                 "responses": {"200": _json(_ref("ModelResult"), "removed"), "default": _ERROR},
+            }
+        },
+        # The Review view's API (recyclex_edge/api/review.py): field learning.
+        "/api/captures": {
+            "get": {
+                "summary": "Captured items to review, newest first, with counts, backlog and the adaptation",
+                "security": [{"bearer": ["label"]}],
+                "parameters": [
+                    {
+                        "name": "labelled",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"enum": ["true", "false"]},
+                        "description": "Only labelled (true) or unlabelled (false) items; all when absent.",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "Page on: items older than this id.",
+                    },
+                ],
+                "responses": {"200": _json(_ref("Captures"), "items and counts"), "default": _ERROR},
+            }
+        },
+        "/api/captures/{event_id}/image.jpg": {
+            "get": {
+                "summary": "A captured item's photo at camera resolution",
+                "security": [{"bearer": ["label"]}],
+                "parameters": [
+                    {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                    "default": _ERROR,
+                },
+            }
+        },
+        "/api/captures/{event_id}/label": {
+            "put": {
+                "summary": "Label a captured item ('none': no item / not waste); null takes the label back",
+                "security": [{"bearer": ["label"]}],
+                "parameters": [
+                    {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["label"],
+                                "additionalProperties": False,
+                                "properties": {"label": {"type": ["string", "null"]}},
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": _json(_ref("CapturedItem"), "the item as labelled"), "default": _ERROR},
             }
         },
         "/openapi.json": {

@@ -516,7 +516,7 @@ class FieldLearning:
             "store_problem": self._store_problem,
             "backlog": usage.unlabelled if usage is not None else 0,
             "labelled": usage.labelled if usage is not None else 0,
-            "items": usage.items if usage is not None else 0,
+            "items_total": usage.items if usage is not None else 0,
             "bytes": usage.bytes if usage is not None else 0,
             "max_bytes": self.config.max_mib * 1024 * 1024,
             "counts": counts,

@@ -210,7 +210,8 @@ class CaptureStore:
                 os.fsync(handle.fileno())
             temporary.replace(path)
         except OSError as error:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             raise CaptureError(f"the photo {path} could not be written: {error.strerror or error}") from None
         labelled_at = datetime.now(UTC).isoformat(timespec="seconds") if label is not None else None
         try:
@@ -237,7 +238,8 @@ class CaptureStore:
                 )
                 self._put_features(db, item_id, model_sha256, features)
         except CaptureError:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
             raise
 
     def put_features(self, item_id: str, model_sha256: str, features: Features) -> None:
