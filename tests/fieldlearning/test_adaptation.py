@@ -29,7 +29,7 @@ def clusters(per_class: int, classes: list[int], *, size: int = 64, spread: floa
 
 
 def test_features_are_unit_length_and_fall_back_to_log_probabilities() -> None:
-    labels, base, embeddings = clusters(3, [1, 2])
+    _labels, base, embeddings = clusters(3, [1, 2])
     assert np.allclose(np.linalg.norm(feature_vectors(base, embeddings), axis=1), 1.0)
     from_probabilities = feature_vectors(base, None)
     assert from_probabilities.shape == base.shape and np.allclose(
