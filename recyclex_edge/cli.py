@@ -1,4 +1,4 @@
-"""`recyclex-edge`: run the daemon, check a config, classify photos from the shell."""
+"""`recyclex-edge`: run the daemon, check a config, classify photos, manage a bin's models and labels."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recyclex_edge import __version__
-from recyclex_edge.errors import ConfigError, ImageDecodeError, ModelError, RegistryError
+from recyclex_edge.errors import ConfigError, ImageDecodeError, ModelError, RecycleXError, RegistryError
 from recyclex_edge.registry.commandline import add_model_parser, run_model_command
 
 if TYPE_CHECKING:
     from recyclex_edge.classifier import Classifier
     from recyclex_edge.decision import ConfidencePolicy
+    from recyclex_edge.fieldlearning import FieldLearning
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -62,6 +64,23 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", type=Path, default=None, help="a .tflite model with its card beside it")
     add_config_args(classify, required=False)  # --config: the bin's active model and decision settings
     classify.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+
+    labels = commands.add_parser("labels", help="a bin's labelled items: import, export, stats")
+    actions = labels.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imports = actions.add_parser(
+        "import", help="label photos DIR/<label>/<image> on the bin and refit its site adaptation"
+    )
+    imports.add_argument("--config", type=Path, required=True, metavar="FILE", help="the bin's config file")
+    imports.add_argument("folder", type=Path, metavar="DIR")
+    exports = actions.add_parser("export", help="write OUT/<label>/<id>.jpg and OUT/manifest.jsonl")
+    exports.add_argument("--config", type=Path, required=True, metavar="FILE", help="the bin's config file")
+    exports.add_argument("out", type=Path, metavar="OUT")
+    stats = actions.add_parser("stats", help="counts per label, review backlog, the adaptation (JSON)")
+    stats.add_argument("--config", type=Path, required=True, metavar="FILE", help="the bin's config file")
+    for action in (imports, exports, stats):
+        action.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key"
+        )
     return parser
 
 
@@ -99,18 +118,23 @@ def _classify(args: argparse.Namespace) -> int:
     from recyclex_edge.decision import ConfidencePolicy
     from recyclex_edge.imaging import decode_image
 
-    try:
-        if args.config is not None and args.model is None:
-            classifier, policy = _bin_classifier(args)
-        else:
+    # With --config (and no --model): exactly as that bin would, its active model, its site adaptation
+    # and its thresholds.
+    site: FieldLearning | None = None
+    classifier: Classifier | None = None
+    policy: ConfidencePolicy | None = None
+    if args.config is not None and args.model is None:
+        opened = _open_site(args.config, args.overrides, args.threads)
+        if isinstance(opened, int):
+            return opened
+        site = opened
+    else:
+        try:
             classifier = Classifier(args.model, num_threads=args.threads)
-            policy = ConfidencePolicy.from_card(classifier)
-    except ConfigError as error:
-        _print_config_problems(error)
-        return EXIT_BAD_CONFIG
-    except (ModelError, RegistryError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_MODEL
+        except ModelError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_MODEL
+        policy = ConfidencePolicy.from_card(classifier)
     status = EXIT_OK
     for path in _image_paths(args.paths):
         try:
@@ -123,37 +147,141 @@ def _classify(args: argparse.Namespace) -> int:
             else:
                 print(f"{path}: error: {message}", file=sys.stderr)
             continue
-        result = classifier.classify(frame)
-        decision = policy.decide(result.label, result.confidence)
+        started = time.perf_counter()
+        if site is not None:
+            judged, decision = site.judge_classification([frame])
+            label, confidence = judged.verdict.label, judged.verdict.confidence
+            probabilities = judged.verdict.probabilities
+            model = {**site.model_identity(), "adaptation": judged.adaptation_id}
+        else:
+            assert classifier is not None and policy is not None
+            result = classifier.classify(frame)
+            label, confidence, probabilities = result.label, result.confidence, result.probabilities
+            decision = policy.decide(label, confidence)
+            model = {"name": result.model_name, "version": result.model_version}
+        # Without --config, the model's own time as before; with it, everything the bin does per item.
+        inference_ms = result.inference_ms if site is None else (time.perf_counter() - started) * 1000.0
         if args.json:
             line = {
                 "path": str(path),
-                "class": result.label,
-                "confidence": round(result.confidence, 6),
-                "probabilities": {label: round(p, 6) for label, p in result.probabilities.items()},
-                "inference_ms": round(result.inference_ms, 3),
+                "class": label,
+                "confidence": round(confidence, 6),
+                "probabilities": {name: round(p, 6) for name, p in probabilities.items()},
+                "inference_ms": round(inference_ms, 3),
                 "decision": decision,
-                "model": {"name": result.model_name, "version": result.model_version},
+                "model": model,
             }
             print(json.dumps(line), flush=True)
         else:
-            print(
-                f"{path}: {result.label} {result.confidence:.3f} -> {decision} ({result.inference_ms:.1f} ms)"
-            )
+            print(f"{path}: {label} {confidence:.3f} -> {decision} ({inference_ms:.1f} ms)")
     return status
 
 
-def _bin_classifier(args: argparse.Namespace) -> tuple[Classifier, ConfidencePolicy]:
-    """The bin's active model (from its registry) and its decision settings."""
+def _open_site(config_path: Path, overrides: list[str], threads: int | None = None) -> FieldLearning | int:
+    """The bin's active model (from its registry) with its field learning, as its daemon opens them; or
+    an exit status."""
     from recyclex_edge.config import load_config
-    from recyclex_edge.decision import ConfidencePolicy
+    from recyclex_edge.fieldlearning import FieldLearning
     from recyclex_edge.registry.service import open_classifier
     from recyclex_edge.registry.store import ModelStore
 
-    config = load_config(args.config, args.overrides)
-    store = ModelStore.for_config(config, os.environ)
-    classifier = open_classifier(store, store.active(), num_threads=args.threads, pool_size=1)
-    return classifier, ConfidencePolicy.for_model(classifier, config.decision)
+    try:
+        config = load_config(config_path, overrides)
+        store = ModelStore.for_config(config, os.environ)
+        classifier = open_classifier(
+            store, store.active(), num_threads=threads or config.model.num_threads, pool_size=1
+        )
+        site = FieldLearning(config.capture, config.decision, config.storage.state_dir)
+        site.use_classifier(classifier)
+    except ConfigError as error:
+        _print_config_problems(error)
+        return EXIT_BAD_CONFIG
+    except (ModelError, RegistryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_MODEL
+    return site
+
+
+def _labels(args: argparse.Namespace) -> int:
+    opened = _open_site(args.config, args.overrides)
+    if isinstance(opened, int):
+        return opened
+    site = opened
+    try:
+        if args.action == "import":
+            return _labels_import(site, args.folder)
+        if args.action == "export":
+            return _labels_export(site, args.out)
+        print(json.dumps(site.summary(), indent=2))
+        return EXIT_OK
+    except RecycleXError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    finally:
+        site.close()
+
+
+def _labels_import(site: FieldLearning, folder: Path) -> int:
+    if not folder.is_dir():
+        print(f"error: {folder} is not a folder; expected DIR/<label>/<image>", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    sub_folders = sorted(p for p in folder.iterdir() if p.is_dir())
+    unknown = [p.name for p in sub_folders if p.name not in site.label_names]
+    if unknown or not sub_folders:
+        print(
+            f"error: {', '.join(unknown) or 'no label folders'} in {folder}: folders must be named after "
+            f"labels; known labels: {', '.join(site.label_names)}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
+    status, imported = EXIT_OK, 0
+    for sub in sub_folders:
+        for path in _image_paths([sub]):
+            try:
+                site.import_photo(path, sub.name, by="import")
+            except (ImageDecodeError, OSError) as error:
+                print(f"{path}: skipped: {error}", file=sys.stderr)
+                status = EXIT_SOME_FAILED
+                continue
+            imported += 1
+    result = site.refit()
+    print(f"imported {imported} photo(s); site adaptation: {site.summary()['adaptation_detail']}")
+    log.debug("refit: %s", result.reason)
+    return status
+
+
+def _labels_export(site: FieldLearning, out: Path) -> int:
+    store = site.store
+    if store is None:
+        raise RecycleXError("the capture store is not available (capture.enabled, storage.state_dir)")
+    items = site.labelled_items()
+    out.mkdir(parents=True, exist_ok=True)
+    exported = []
+    with (out / "manifest.jsonl").open("a", encoding="utf-8") as manifest:
+        for item in items:
+            jpeg = store.image(item.event_id)
+            if jpeg is None:
+                continue
+            target = out / item.label / f"{item.event_id}.jpg"
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(jpeg)
+            event = store.event(item.event_id) or {}
+            line = {
+                "id": item.event_id,
+                "file": str(target.relative_to(out)),
+                "label": item.label,
+                "predicted": item.predicted,
+                "probabilities": event.get("probabilities"),
+                "model_version": item.model_version,
+                "labelled_by": item.labelled_by,
+                "labelled_at": item.labelled_at,
+                "event": event,
+            }
+            manifest.write(json.dumps(line) + "\n")
+            exported.append(item.event_id)
+    store.mark_exported(exported)
+    print(f"exported {len(exported)} labelled item(s) to {out}")
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -181,5 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "classify": _classify,
         "run": _run,
         "model": _model,
+        "labels": _labels,
     }
     return handlers[args.command](args)

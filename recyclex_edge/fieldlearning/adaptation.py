@@ -99,16 +99,20 @@ def _folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     return [np.flatnonzero(assignment == fold) for fold in range(k)]
 
 
-def _threshold(confidence: np.ndarray, correct: np.ndarray, max_missort_rate: float) -> float | None:
-    """The lowest threshold whose accepted items are mis-sorted at most at `max_missort_rate`."""
+def _threshold(confidence: np.ndarray, correct: np.ndarray, max_missort_rate: float) -> float:
+    """The lowest threshold whose accepted items are mis-sorted at most at `max_missort_rate`.
+
+    The rate is estimated with one wrong and one right item added (Laplace), so that a handful of lucky
+    items does not set a low threshold: with no mistake at all, 10 % needs at least 8 accepted items.
+    When no threshold qualifies, only items surer than every cross-validated one are accepted.
+    """
     order = np.argsort(-confidence)
     wrong = np.cumsum(~correct[order])
     accepted = np.arange(1, len(order) + 1)
-    within = np.flatnonzero(wrong / accepted <= max_missort_rate)
+    within = np.flatnonzero((wrong + 1) / (accepted + 2) <= max_missort_rate)
     if len(within) == 0:
-        return None
-    last = within[-1]
-    return float(confidence[order][last])
+        return float(min(1.0, confidence.max() + 1e-6))
+    return float(confidence[order][within[-1]])
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ class Adaptation:
     head: _Head
     temperature: float
     mix: float
-    threshold: float | None
+    threshold: float
     validation: CrossValidation
     fitted_at: str
     fit_s: float = field(compare=False, default=0.0)
@@ -290,7 +294,7 @@ def fit(
     confidence = mixed.max(axis=1)
     correct = mixed.argmax(axis=1) == y
     threshold = _threshold(confidence, correct, max_missort_rate)
-    accepted_mask = confidence >= threshold if threshold is not None else np.zeros(len(y), dtype=bool)
+    accepted_mask = confidence >= threshold
     accepted = float(accepted_mask.mean())
     missorted = float(np.mean(~correct[accepted_mask])) if accepted_mask.any() else 0.0
     validation = CrossValidation(len(y), k, base_top1, adapted_top1, accepted, missorted)

@@ -208,7 +208,7 @@ class FieldLearning:
             decision = self._decision
             threshold = decision.threshold
             if threshold is None:
-                threshold = adaptation.threshold or self._classifier.card.decision.threshold
+                threshold = adaptation.threshold
             self._site_policy = ConfidencePolicy(
                 self._classifier.labels, threshold, decision.class_thresholds
             )
@@ -306,6 +306,12 @@ class FieldLearning:
         self._store_problem = str(error)
 
     # -- labels ---------------------------------------------------------------------------------------
+
+    def model_identity(self) -> dict[str, str]:
+        classifier = self._classifier
+        if classifier is None:
+            return {}
+        return {"name": classifier.card.name, "version": classifier.card.version}
 
     @property
     def label_names(self) -> tuple[str, ...]:
