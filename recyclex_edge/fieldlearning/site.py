@@ -385,8 +385,9 @@ class FieldLearning:
             "id": new_event_id(),
             "class": judged.verdict.label,
             "confidence": judged.verdict.confidence,
+            "probabilities": {name: round(p, 6) for name, p in judged.verdict.probabilities.items()},
             "decision": decision,
-            "model": {"name": classifier.card.name, "version": classifier.card.version},
+            "model": {**self.model_identity(), "adaptation": judged.adaptation_id},
             "source": {"imported": str(path)},
         }
         ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
