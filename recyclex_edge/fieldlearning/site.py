@@ -390,8 +390,13 @@ class FieldLearning:
             "model": {**self.model_identity(), "adaptation": judged.adaptation_id},
             "source": {"imported": str(path)},
         }
-        ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
-        jpeg = encoded.tobytes() if ok else data
+        if data[:3] == b"\xff\xd8\xff":
+            jpeg = data  # kept as it came: re-embedding it later sees exactly what was fitted
+        else:
+            ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
+            if not ok:
+                raise ImageDecodeError(f"{path} could not be stored as JPEG")
+            jpeg = encoded.tobytes()
         features = Features(
             np.array([base.probabilities[name] for name in classifier.labels], dtype=np.float32),
             None if base.embedding is None else np.asarray(base.embedding, dtype=np.float32),
