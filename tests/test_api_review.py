@@ -52,7 +52,7 @@ async def review(api_client, shipped_classifier):
 
 
 async def test_list_filters_and_counts(review, openapi_validator) -> None:
-    client, site = review
+    client, _site = review
     response = await client.get("/api/captures", headers=LABEL_AUTH)
     body = await response.json()
     assert response.status == 200, body
