@@ -704,6 +704,197 @@ function setUpModels() {
   repeat(MODELS_EVERY_MS, pollModels);
 }
 
+// -- review: label captured items -------------------------------------------------------------------
+
+const REVIEW_EVERY_MS = 15000;
+const review = { labelled: false, items: [], labels: [], selected: null, undo: [], allowed: true, busy: false };
+const reviewImages = new Map(); // item id -> blob URL, so a refresh does not fetch photos again
+
+function reviewKey(label) {
+  const index = review.labels.indexOf(label);
+  if (label === "none") return "0";
+  return index >= 0 && index < 9 ? String(index + 1) : "";
+}
+
+function setReviewResult(kind, text) {
+  const output = $("review-result");
+  output.className = "command-result " + kind;
+  output.dataset.outcome = kind;
+  output.textContent = text;
+}
+
+function renderReviewSummary(body) {
+  const shown = body.backlog + " to review, " + body.labelled + " labelled";
+  $("review-summary").textContent = "— " + shown;
+  $("review-adaptation").textContent = "Site adaptation: " + body.adaptation_detail;
+  $("review-counts").replaceChildren(
+    ...Object.entries(body.counts).map(([label, count]) => {
+      const item = el("li", "", label + " " + count);
+      item.dataset.label = label;
+      item.dataset.count = String(count);
+      return item;
+    }),
+  );
+}
+
+function reviewRow(item) {
+  const row = el("li");
+  row.dataset.itemId = item.id;
+  row.tabIndex = 0;
+  const image = el("img");
+  image.alt = "captured item " + item.id;
+  const cached = reviewImages.get(item.id);
+  if (cached) image.src = cached;
+  else
+    loadImage("/api/captures/" + encodeURIComponent(item.id) + "/image.jpg").then(({ url }) => {
+      if (url) {
+        reviewImages.set(item.id, url);
+        image.src = url;
+      }
+    });
+  const guess = el(
+    "div",
+    "review-guess",
+    item.class + " " + Math.round(item.confidence * 100) + " %" + (item.decision === "uncertain" ? " (uncertain)" : "") +
+      " · " + ago(new Date(item.captured_at)),
+  );
+  const buttons = el("div", "buttons");
+  for (const label of review.labels) {
+    const key = reviewKey(label);
+    const button = el("button", "", (key ? key + " " : "") + label);
+    button.type = "button";
+    button.dataset.label = label;
+    buttons.append(button);
+  }
+  const skip = el("button", "", "x skip");
+  skip.type = "button";
+  skip.dataset.skip = "1";
+  buttons.append(skip);
+  row.append(image, guess, buttons);
+  markLabel(row, item.label);
+  row.addEventListener("click", (click) => {
+    selectItem(item.id);
+    const button = click.target.closest("button");
+    if (!button) return;
+    if (button.dataset.skip) selectNext();
+    else if (button.dataset.label) setLabel(item.id, button.dataset.label);
+  });
+  return row;
+}
+
+function markLabel(row, label) {
+  if (label) {
+    row.dataset.label = label;
+    row.querySelector(".review-guess").dataset.labelText = label;
+  } else delete row.dataset.label;
+  for (const button of row.querySelectorAll("button[data-label]")) button.classList.toggle("chosen", button.dataset.label === label);
+}
+
+function reviewRowOf(id) {
+  return $("review-items").querySelector('li[data-item-id="' + CSS.escape(id) + '"]');
+}
+
+function selectItem(id) {
+  review.selected = id;
+  for (const row of $("review-items").children) row.classList.toggle("selected", row.dataset.itemId === id);
+  const row = id ? reviewRowOf(id) : null;
+  if (row) row.scrollIntoView({ block: "nearest" });
+}
+
+function selectNext() {
+  const rows = [...$("review-items").children];
+  const at = rows.findIndex((row) => row.dataset.itemId === review.selected);
+  const after = rows.slice(at + 1);
+  // In "To review", move on to the next item still without a label.
+  const next = after.find((row) => review.labelled || !row.dataset.label) || after[0];
+  selectItem(next ? next.dataset.itemId : review.selected);
+}
+
+async function setLabel(id, label, { remember = true } = {}) {
+  if (review.busy) return;
+  const row = reviewRowOf(id);
+  const previous = row && row.dataset.label ? row.dataset.label : null;
+  review.busy = true;
+  try {
+    const result = await call("/api/captures/" + encodeURIComponent(id) + "/label", {
+      method: "PUT",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ label }),
+    });
+    if (!result.ok) {
+      setReviewResult("bad", "✗ label refused (" + result.status + "): " + (result.body?.error || "no answer"));
+      return;
+    }
+    if (remember) review.undo.push({ id, label: previous });
+    $("review-undo").disabled = review.undo.length === 0;
+    if (row) markLabel(row, label);
+    setReviewResult("ok", label ? "✓ " + id.slice(-6) + " labelled " + label : "✓ " + id.slice(-6) + ": label taken back");
+    if (remember && label) selectNext();
+  } finally {
+    review.busy = false;
+  }
+  await pollReview();
+}
+
+async function undoLabel() {
+  const last = review.undo.pop();
+  $("review-undo").disabled = review.undo.length === 0;
+  if (!last) return;
+  selectItem(last.id);
+  await setLabel(last.id, last.label, { remember: false });
+}
+
+async function pollReview() {
+  if (auth === null || (auth.enabled && auth.subject === null)) {
+    $("review-note").hidden = false;
+    return REVIEW_EVERY_MS / 5;
+  }
+  let result;
+  try {
+    result = await call("/api/captures?limit=50&labelled=" + review.labelled);
+  } catch (error) {
+    return REVIEW_EVERY_MS;
+  }
+  if (result.status === 429) return retryAfterMs(result, REVIEW_EVERY_MS);
+  if (!result.ok) {
+    $("review-note").hidden = false;
+    $("review-note").textContent = "Review unavailable (" + result.status + "): " + (result.body?.error || "no answer");
+    return REVIEW_EVERY_MS;
+  }
+  $("review-note").hidden = true;
+  const body = result.body;
+  review.labels = body.labels;
+  renderReviewSummary(body);
+  const list = $("review-items");
+  const known = new Map([...list.children].map((row) => [row.dataset.itemId, row]));
+  const rows = body.items.map((item) => {
+    const row = known.get(item.id) || reviewRow(item);
+    markLabel(row, item.label);
+    return row;
+  });
+  // Labelled items stay in "To review" until the next filter change, so a slip can be seen and fixed.
+  for (const [id, row] of known) if (!body.items.some((item) => item.id === id) && row.dataset.label && !review.labelled) rows.push(row);
+  rows.sort((a, b) => (a.dataset.itemId < b.dataset.itemId ? 1 : -1));
+  list.replaceChildren(...rows);
+  $("review-empty").hidden = rows.length > 0;
+  if (!rows.some((row) => row.dataset.itemId === review.selected)) selectItem(rows.length ? rows[0].dataset.itemId : null);
+  else selectItem(review.selected);
+  return REVIEW_EVERY_MS;
+}
+
+function reviewKeys(key) {
+  const typing = key.target.closest("input, textarea, select");
+  if (typing || key.ctrlKey || key.metaKey || key.altKey || !review.selected) return;
+  if (key.key === "x") selectNext();
+  else if (key.key === "u") undoLabel();
+  else if (key.key === "0") setLabel(review.selected, "none");
+  else if (/^[1-9]$/.test(key.key)) {
+    const label = review.labels[Number(key.key) - 1];
+    if (label && label !== "none") setLabel(review.selected, label);
+  } else return;
+  key.preventDefault();
+}
+
 function setUp() {
   $("token").value = token ? "••••••••" : "";
   $("token-form").addEventListener("submit", (submit) => {
@@ -731,6 +922,17 @@ function setUp() {
   repeat(HISTORY_POLL_MS, pollHistory);
   repeat(CAMERA_EVERY_MS, pollCamera);
   setUpModels();
+  for (const button of document.querySelectorAll("#review-section button[data-filter]")) {
+    button.addEventListener("click", () => {
+      review.labelled = button.dataset.filter === "true";
+      for (const other of document.querySelectorAll("#review-section button[data-filter]")) other.classList.toggle("current", other === button);
+      $("review-items").replaceChildren();
+      pollReview();
+    });
+  }
+  $("review-undo").addEventListener("click", undoLabel);
+  document.addEventListener("keydown", reviewKeys);
+  repeat(REVIEW_EVERY_MS, pollReview);
 }
 
 setUp();
