@@ -328,7 +328,7 @@ class Daemon:
     def _use_model(self, classifier: Classifier) -> None:
         policy = ConfidencePolicy.for_model(classifier, self.config.decision)
         self.classifier = classifier
-        if self.site is not None:
+        if self.site is not None:  # before a pipeline that had failed to start is started with it
             self.site.use_classifier(classifier)
         if self.pipeline is not None:
             self.pipeline.use_classifier(classifier, policy)

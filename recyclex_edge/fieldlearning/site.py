@@ -156,7 +156,7 @@ class FieldLearning:
         self._refit_wake.set()
         if self._threads:
             with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(None)
+                self._queue.put(None, timeout=5.0)  # after the items already queued
         for thread in self._threads:
             thread.join(10.0)
         if self.store is not None:
@@ -173,11 +173,8 @@ class FieldLearning:
             self._set_adaptation(adaptation)
             self._drift = DriftMonitor(self.config.drift, self.folder / "baseline.json", card.sha256)
             self._drifting = False
-        if self._health is not None:
-            current = self._health.snapshot().get("classifier")
-            self._classifier_detail = current.detail if current is not None else f"{card.name} {card.version}"
-        if adaptation is None and self.config.adaptation.enabled:
-            self.request_refit(delay_s=0.0)
+        if adaptation is None and self.config.adaptation.enabled and self.store is not None:
+            self.request_refit(delay_s=0.0)  # labelled items may be waiting (another model, a lost file)
         self._report_adaptation()
 
     def _load_adaptation(self, classifier: Classifier) -> Adaptation | None:
@@ -618,6 +615,15 @@ class FieldLearning:
             return
         self._drifting = state.drifting
         if state.drifting:
+            # The model's own detail (set by whoever loaded it) stays in front, and comes back after.
+            current = self._health.snapshot().get("classifier")
+            classifier = self._classifier
+            own = (
+                f"{classifier.card.name} {classifier.card.version}"
+                if classifier is not None
+                else "classifier"
+            )
+            self._classifier_detail = current.detail if current is not None else own
             self._health.report("classifier", Status.DEGRADED, f"{self._classifier_detail}; {state.detail}")
         else:
             self._health.report("classifier", Status.OK, self._classifier_detail)
