@@ -104,7 +104,8 @@ def _threshold(confidence: np.ndarray, correct: np.ndarray, max_missort_rate: fl
 
     The rate is estimated with half a wrong and half a right item added (Jeffreys), so that a handful of
     lucky items does not set a low threshold: with no mistake at all, 10 % needs at least 4 accepted
-    items. On the drinking-waste dev set (12 seeds, 5 photos per class taught) this estimate kept the
+    items. On the drinking-waste dev set (12 seeds, 5 photos per class taught, on 1.1.0's pooled layer
+    read out for the experiment) this estimate kept the
     held-out mis-sort rate at the target (10.4 % for 10 %); one whole item each way overshot (6.1 %),
     none at all undershot (11.2 %). When no threshold qualifies, only items surer than every
     cross-validated one are accepted.
