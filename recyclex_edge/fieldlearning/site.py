@@ -119,6 +119,7 @@ class FieldLearning:
             queue.Queue(_QUEUE_SIZE)
         )
         self._refit_due: float | None = None
+        self._adaptation_stamp: tuple[int, int] | None = None
         self._refit_wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -177,8 +178,17 @@ class FieldLearning:
             self.request_refit(delay_s=0.0)  # labelled items may be waiting (another model, a lost file)
         self._report_adaptation()
 
+    def _stamp(self) -> tuple[int, int] | None:
+        """When and how big the stored adaptation is: another process (`labels import`) may replace it."""
+        try:
+            status = (self.folder / ADAPTATION_FILE).stat()
+        except OSError:
+            return None
+        return status.st_mtime_ns, status.st_size
+
     def _load_adaptation(self, classifier: Classifier) -> Adaptation | None:
         path = self.folder / ADAPTATION_FILE
+        self._adaptation_stamp = self._stamp()
         if not self.config.adaptation.enabled or not path.is_file():
             return None
         try:
@@ -493,6 +503,7 @@ class FieldLearning:
         else:
             path.unlink(missing_ok=True)
             log.info("no site adaptation in use: %s", result.reason)
+        self._adaptation_stamp = self._stamp()
         with self._lock:
             if self._classifier is classifier:
                 self._set_adaptation(result.adaptation)
@@ -556,6 +567,17 @@ class FieldLearning:
     def housekeeping(self) -> None:
         """Retention, a store that failed to open tried again, health refreshed (every 30 s or so)."""
         self._open_store()
+        classifier = self._classifier
+        if classifier is not None and self._stamp() != self._adaptation_stamp:
+            adaptation = self._load_adaptation(classifier)
+            with self._lock:
+                if self._classifier is classifier:
+                    self._set_adaptation(adaptation)
+            log.info(
+                "the stored site adaptation changed (labels import?): %s",
+                adaptation.summary() if adaptation is not None else "none in use",
+            )
+            self._report_adaptation()
         if self.store is not None:
             try:
                 removed = self.store.expire()

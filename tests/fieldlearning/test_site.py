@@ -200,3 +200,16 @@ def test_another_model_re_embeds_the_labelled_photos_and_refits(tmp_path: Path, 
     assert len(store.features(shipped_classifier.card.sha256, [i.id for i in store.labelled()])) == 15
     np.testing.assert_allclose(result.adaptation.head.weights, first.head.weights, atol=1e-5)
     again.close()
+
+
+def test_a_running_bin_picks_up_labels_imported_beside_it(tmp_path: Path, shipped_classifier) -> None:
+    running = open_site(tmp_path, shipped_classifier)
+    assert running.adaptation is None
+    command_line = open_site(tmp_path, shipped_classifier)  # `recyclex-edge labels import` meanwhile
+    teach(command_line)
+    fitted = command_line.refit().adaptation
+    command_line.close()
+    assert fitted is not None
+    running.housekeeping()
+    assert running.adaptation is not None and running.adaptation.id == fitted.id
+    running.close()
