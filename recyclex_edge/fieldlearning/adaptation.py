@@ -9,9 +9,10 @@ Features are the model's pooled embedding when its card declares one, else its c
 log-probabilities (a model without an embedding can still be re-weighted per site, less well).
 
 Which head, its temperature and the mixture weight `w` are chosen by k-fold cross-validation on the
-labelled items (w = 0 is the base model itself). The adaptation is used only when its cross-validated
-top-1 beats the base model's on the same items. The threshold is recalibrated on the out-of-fold
-predictions: the lowest one whose mis-sort rate among accepted items stays within the target.
+labelled items (w = 0 is the base model itself). The adaptation is used only when it beats the base
+model on the same items: a higher cross-validated top-1, or the same with a lower log-loss. The
+threshold is recalibrated on the out-of-fold predictions: the lowest one whose mis-sort rate among
+accepted items stays within the target.
 Items labelled "none" (not waste) are not a class of the model: they are left out of the fit.
 """
 
@@ -127,6 +128,8 @@ class CrossValidation:
     adapted_top1: float
     accepted: float  # share accepted at the recalibrated threshold, out of fold
     missorted: float  # share of those accepted that were wrong
+    base_log_loss: float = 0.0
+    adapted_log_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,8 @@ class Adaptation:
                 "adapted_top1": round(v.adapted_top1, 4),
                 "accepted": round(v.accepted, 4),
                 "missorted": round(v.missorted, 4),
+                "base_log_loss": round(v.base_log_loss, 4),
+                "adapted_log_loss": round(v.adapted_log_loss, 4),
             },
             "summary": self.summary(),
         }
@@ -221,7 +226,14 @@ class Adaptation:
             mix=float(meta["mix"]),
             threshold=meta["threshold"],
             validation=CrossValidation(
-                v["items"], v["folds"], v["base_top1"], v["adapted_top1"], v["accepted"], v["missorted"]
+                v["items"],
+                v["folds"],
+                v["base_top1"],
+                v["adapted_top1"],
+                v["accepted"],
+                v["missorted"],
+                v.get("base_log_loss", 0.0),
+                v.get("adapted_log_loss", 0.0),
             ),
             fitted_at=meta["fitted_at"],
             fit_s=float(meta["fit_s"]),
@@ -282,18 +294,21 @@ def fit(
             scores = prototype.scores(x[test]) if kind == "prototype" else ridge_scores
             out_of_fold[(kind, t)][test] = _head_probabilities(scores, t, fold_classes, size)
 
+    def log_loss(p: np.ndarray) -> float:
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], _EPS, 1.0))))
+
     # Choose head, temperature and mixture by out-of-fold top-1, then log-loss.
     best: tuple[float, float, tuple[str, float], float] | None = None
     for candidate, head_p in out_of_fold.items():
         for w in _MIX_WEIGHTS:
             mixed = (1.0 - w) * base + w * head_p
             top1 = float(np.mean(mixed.argmax(axis=1) == y))
-            nll = float(-np.mean(np.log(np.clip(mixed[np.arange(len(y)), y], _EPS, 1.0))))
+            nll = log_loss(mixed)
             if best is None or (top1, -nll) > (best[0], -best[1]):
                 best = (top1, nll, candidate, w)
     assert best is not None
-    adapted_top1, _, (kind, temperature), mix = best
-    base_top1 = float(np.mean(base.argmax(axis=1) == y))
+    adapted_top1, adapted_nll, (kind, temperature), mix = best
+    base_top1, base_nll = float(np.mean(base.argmax(axis=1) == y)), log_loss(base)
     mixed = (1.0 - mix) * base + mix * out_of_fold[(kind, temperature)]
     confidence = mixed.max(axis=1)
     correct = mixed.argmax(axis=1) == y
@@ -301,8 +316,12 @@ def fit(
     accepted_mask = confidence >= threshold
     accepted = float(accepted_mask.mean())
     missorted = float(np.mean(~correct[accepted_mask])) if accepted_mask.any() else 0.0
-    validation = CrossValidation(len(y), k, base_top1, adapted_top1, accepted, missorted)
-    if mix == 0.0 or adapted_top1 <= base_top1:
+    validation = CrossValidation(
+        len(y), k, base_top1, adapted_top1, accepted, missorted, base_nll, adapted_nll
+    )
+    # Beating the base model: more items right; or as many (a few labelled items the model already gets
+    # right) with a lower log-loss, i.e. surer where it is right and less sure where it is wrong.
+    if mix == 0.0 or (adapted_top1, -adapted_nll) <= (base_top1, -base_nll):
         return FitResult(
             None,
             validation,

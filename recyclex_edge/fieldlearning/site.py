@@ -14,6 +14,7 @@ a store that cannot be written degrades the `capture` health component and sorti
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import random
@@ -43,6 +44,7 @@ CAPTURE_COMPONENT = "capture"
 ADAPTATION_COMPONENT = "adaptation"
 CAPTURES_DIR = "captures"
 ADAPTATION_FILE = "adaptation.npz"
+FIT_FILE = "last-fit.json"
 _QUEUE_SIZE = (
     4  # items (bursts of frames) waiting to be written; a slow card drops the newest, never blocks sorting
 )
@@ -108,7 +110,7 @@ class FieldLearning:
         self._base_policy: ConfidencePolicy | None = None
         self._adaptation: Adaptation | None = None
         self._site_policy: ConfidencePolicy | None = None
-        self._last_fit: FitResult | None = None
+        self._last_reason: str | None = None  # what the last fit found, for people
         self._drift: DriftMonitor | None = None
         self._drifting = False
         self._classifier_detail = ""
@@ -189,6 +191,12 @@ class FieldLearning:
     def _load_adaptation(self, classifier: Classifier) -> Adaptation | None:
         path = self.folder / ADAPTATION_FILE
         self._adaptation_stamp = self._stamp()
+        try:
+            last = json.loads((self.folder / FIT_FILE).read_text())
+            if last.get("model_sha256") == classifier.card.sha256:
+                self._last_reason = str(last["reason"])
+        except (OSError, ValueError, KeyError, AttributeError):
+            self._last_reason = None
         if not self.config.adaptation.enabled or not path.is_file():
             return None
         try:
@@ -504,10 +512,16 @@ class FieldLearning:
             path.unlink(missing_ok=True)
             log.info("no site adaptation in use: %s", result.reason)
         self._adaptation_stamp = self._stamp()
+        try:  # what the fit found survives a restart too (and reaches `labels stats`)
+            (self.folder / FIT_FILE).write_text(
+                json.dumps({"model_sha256": card.sha256, "reason": result.reason})
+            )
+        except OSError as error:
+            log.warning("could not record the fit's outcome: %s", error)
         with self._lock:
             if self._classifier is classifier:
                 self._set_adaptation(result.adaptation)
-            self._last_fit = result
+            self._last_reason = result.reason
         self._report_adaptation()
         if self.on_change is not None:
             self.on_change()
@@ -529,7 +543,7 @@ class FieldLearning:
             except CaptureError as error:
                 self._store_failed(error)
         adaptation = self._adaptation
-        last = self._last_fit
+        last = self._last_reason
         drift = self.drift_state()
         return {
             "enabled": self.config.enabled,
@@ -557,11 +571,11 @@ class FieldLearning:
         }
 
     @staticmethod
-    def _adaptation_detail(adaptation: Adaptation | None, last: FitResult | None) -> str:
+    def _adaptation_detail(adaptation: Adaptation | None, last: str | None) -> str:
         if adaptation is not None:
             return f"{adaptation.id} in use ({adaptation.head.kind} head): {adaptation.summary()}"
         if last is not None:
-            return f"none in use: {last.reason}"
+            return f"none in use: {last}"
         return "none in use: no labelled items fitted yet"
 
     def housekeeping(self) -> None:
@@ -627,7 +641,7 @@ class FieldLearning:
     def _report_adaptation(self) -> None:
         if self._health is None:
             return
-        detail = self._adaptation_detail(self._adaptation, self._last_fit)
+        detail = self._adaptation_detail(self._adaptation, self._last_reason)
         if not self.config.adaptation.enabled:
             detail = "off (capture.adaptation.enabled is false)"
         self._health.report(ADAPTATION_COMPONENT, Status.OK, detail, critical=False)

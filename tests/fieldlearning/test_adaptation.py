@@ -55,15 +55,28 @@ def test_an_adaptation_that_beats_the_base_model_is_used_and_keeps_unseen_classe
     assert np.allclose(site[:, never_labelled], (1 - adaptation.mix) * new_base[:, never_labelled])
 
 
-def test_a_base_model_that_is_already_right_is_kept() -> None:
-    labels, base, embeddings = clusters(6, [1, 2, 4])
-    right = np.full_like(base, 0.02)
-    right[np.arange(len(labels)), [LABELS.index(n) for n in labels]] = 0.9
+def test_a_base_model_already_right_and_sure_is_kept_and_a_hesitant_one_is_helped() -> None:
+    labels, base, embeddings = clusters(6, [1, 2, 4], spread=4.0)  # embeddings that tell little
+    truth = [LABELS.index(n) for n in labels]
+    sure = np.full_like(base, 0.0002)
+    sure[np.arange(len(labels)), truth] = 0.999
     result = fit(
-        LABELS, labels, right, embeddings, model_sha256="a" * 64, model_version="2", max_missort_rate=0.1
+        LABELS, labels, sure, embeddings, model_sha256="a" * 64, model_version="2", max_missort_rate=0.1
     )
     assert result.adaptation is None and "not beaten" in result.reason
     assert result.validation is not None and result.validation.base_top1 == 1.0
+
+    # Right on every labelled item but hesitant (0.5 against 0.1 each), and embeddings that separate the
+    # classes well: as many right, with a lower log-loss.
+    labels, base, embeddings = clusters(6, [1, 2, 4])
+    hesitant = np.full_like(base, 0.1)
+    hesitant[np.arange(len(labels)), truth] = 0.5
+    helped = fit(
+        LABELS, labels, hesitant, embeddings, model_sha256="a" * 64, model_version="2", max_missort_rate=0.1
+    )
+    assert helped.adaptation is not None and helped.validation is not None
+    assert helped.validation.adapted_top1 == helped.validation.base_top1 == 1.0
+    assert helped.validation.adapted_log_loss < helped.validation.base_log_loss
 
 
 def test_too_few_labels_or_one_class_fit_nothing() -> None:
