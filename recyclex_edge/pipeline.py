@@ -164,9 +164,13 @@ class SortingPipeline:
         adaptation_id, judged = None, None
         if self._site is not None:
             # The site adaptation (when one is in use) re-weighs the model's opinion and brings its own
-            # recalibrated threshold; the classifier itself never knows.
-            judged = self._site.adapt(verdict)
-            verdict, policy, adaptation_id = judged.verdict, judged.policy, judged.adaptation_id
+            # recalibrated threshold; the classifier itself never knows. If it fails, the model decides.
+            try:
+                judged = self._site.adapt(verdict)
+            except Exception:
+                log.exception("the site adaptation failed; the model's own judgement decides this item")
+            else:
+                verdict, policy, adaptation_id = judged.verdict, judged.policy, judged.adaptation_id
         decision = policy.decide(verdict.label, verdict.confidence)
         decided_at_s = time.monotonic()
 
