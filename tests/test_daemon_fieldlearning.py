@@ -53,7 +53,9 @@ async def test_the_bin_uses_its_site_adaptation_keeps_items_and_takes_labels_ove
     config = bin_config(tmp_path, photos, *broker_settings(broker.port, "bin-site"), "capture.sample_rate=1")
     adaptation_id = teach(config.storage.state_dir, shipped_classifier, config)
     prefix = "recyclex/bin-site"
-    collector = connect_collector(broker, [f"{prefix}/#"], "dashboard", protocol="5")
+    collector = connect_collector(
+        broker, [f"{prefix}/#", "homeassistant/device/bin-site/config"], "dashboard", protocol="5"
+    )
     try:
         daemon: Daemon = await run_daemon(config)
         events = await next_events(daemon, 3, timeout_s=120)
@@ -86,6 +88,9 @@ async def test_the_bin_uses_its_site_adaptation_keeps_items_and_takes_labels_ove
                 await asyncio.sleep(0.1)
         assert state["adaptation"] is not None and state["drift"] is False
         assert backlog_before >= 1
+
+        discovery = (await wait_for(collector, "homeassistant/device/bin-site/config", 1))[-1]
+        assert "review.backlog" in discovery["cmps"]["bin-site_review_backlog"]["value_template"]
 
         bad = await command(collector, prefix, "label", {"event_id": kept.id, "label": "bottle"})
         assert bad["ok"] is False and "unknown label 'bottle'" in bad["error"]

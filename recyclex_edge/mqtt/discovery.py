@@ -54,6 +54,14 @@ def discovery_payload(
         entity_category="diagnostic",
         value_template="{{ value_json.outbox.lost }}",
     )
+    if state.get("review") is not None:
+        add(
+            "review_backlog",
+            "sensor",
+            "Items to review",
+            icon="mdi:tag-search",
+            value_template="{{ value_json.review.backlog if value_json.review else None }}",
+        )
     for category in state.get("counters", {}):
         add(
             f"count_{category}",
