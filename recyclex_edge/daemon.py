@@ -481,6 +481,7 @@ class Daemon:
         self.app[METRICS].watch_drift(self.site.drift_state)
         self._start_mqtt()
         self.site.on_change = lambda: self.mqtt.state_changed() if self.mqtt is not None else None
+        self.site.on_label = self.registry.observe_label  # a shadow run's accuracy on labelled items
         # The outbox first: an event counts as produced once it is durable.
         sinks: list[EventSink] = [self.mqtt.submit_event] if self.mqtt is not None else []
         self._sinks = [*sinks, hub.publish, self.registry.observe]

@@ -126,6 +126,8 @@ class FieldLearning:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.on_change: Callable[[], None] | None = None  # e.g. republish the MQTT state
+        # Told of each label a person gives (event id, label), e.g. the model registry's shadow tally.
+        self.on_label: Callable[[str, str], object] | None = None
         self._open_store()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -358,6 +360,11 @@ class FieldLearning:
         if item is None:
             raise LookupError(f"no captured item {event_id!r}; it may have been evicted")
         log.info("item %s labelled %s by %s", event_id, label, by)
+        if label is not None and self.on_label is not None:
+            try:
+                self.on_label(event_id, label)
+            except Exception:
+                log.exception("a label listener failed for %s", event_id)
         self.request_refit()
         self._report_capture()
         return item

@@ -146,6 +146,8 @@ def test_labels_refit_in_the_background_and_the_adaptation_survives_a_restart(
 ) -> None:
     health = HealthRegistry()
     site = open_site(tmp_path, shipped_classifier, "capture.adaptation.refit_delay_s=0.3", health=health)
+    told: list[tuple[str, str]] = []
+    site.on_label = lambda event_id, label: told.append((event_id, label))
     site.start()
     try:
         ids = teach(site)
@@ -167,6 +169,7 @@ def test_labels_refit_in_the_background_and_the_adaptation_survives_a_restart(
         with pytest.raises(LookupError):
             site.set_label("01NOSUCHITEM", "glass", by="t")
         assert [i.event_id for i in site.labelled_items()] == ids, "the read-only view for other rooms"
+        assert told == [(ids[0], "metal"), (ids[0], "glass")], "the registry's shadow tally is told"
     finally:
         site.close()
 
