@@ -209,13 +209,18 @@ def bin_scene(bgr: np.ndarray, alpha: np.ndarray | None, rng: np.random.Generato
     return camera(rng, _board_view(rng, bgr).astype(np.float32))
 
 
-def training_input(job: tuple[str, int, int, int, tuple[int, int]]) -> np.ndarray:
-    """(path, seed, photo index, copy, size) -> one RGB model input: the photo itself (copy 0) or a
-    bin-like copy, through the runtime's resize. Top-level and light, for worker processes."""
-    path, seed, index, copy, size_wh = job
+def training_input(job: tuple) -> np.ndarray:
+    """(path, seed, photo index, copy, size[, cut out]) -> one RGB model input: the photo itself (copy 0)
+    or a bin-like copy, through the runtime's resize. Top-level and light, for worker processes.
+
+    Only photos on TrashNet's board are cut out and pasted; a site's own photos (cut out False) already
+    show a bin and only get the camera changes.
+    """
+    path, seed, index, copy, size_wh, *rest = job
+    cut_out = rest[0] if rest else True
     if copy == 0:
         return data.load_rgb(Path(path), size_wh)
     bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
     rng = np.random.default_rng([seed, index, copy])
-    scene = bin_scene(bgr, item_mask(bgr), rng)
+    scene = bin_scene(bgr, item_mask(bgr) if cut_out else None, rng)
     return cv2.cvtColor(data.shrink(scene, size_wh), cv2.COLOR_BGR2RGB)

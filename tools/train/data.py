@@ -130,3 +130,25 @@ def list_dev(root: Path, part: str) -> Split:
         paths += chosen
         labels += [LABELS.index(label)] * len(chosen)
     return Split(paths, np.array(labels, dtype=np.int64))
+
+
+def list_labelled_folders(folders: list[Path]) -> Split:
+    """Photos sorted into DIR/<label>/ (what `recyclex-edge labels export` writes), for the model's labels.
+
+    Other folders (e.g. "none", items a technician marked as no waste) are not a class of the model and
+    are skipped, and said so.
+    """
+    paths, labels = [], []
+    for folder in folders:
+        if not folder.is_dir():
+            raise SystemExit(f"--data {folder} is not a folder")
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+            found = sorted(p for p in sub.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+            if sub.name not in LABELS:
+                print(
+                    f"skipping {len(found)} photos in {sub}: '{sub.name}' is not one of {', '.join(LABELS)}"
+                )
+                continue
+            paths += found
+            labels += [LABELS.index(sub.name)] * len(found)
+    return Split(paths, np.array(labels, dtype=np.int64))

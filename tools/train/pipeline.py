@@ -72,7 +72,14 @@ RECIPES: dict[str, TrainConfig | TransferConfig] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="TrashNet folder with train/ and val/")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="the TrashNet folder (train/ and val/); repeat it to add site photos exported by "
+        "`recyclex-edge labels export` (DIR/<label>/*.jpg) to the training set",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "recyclex_edge" / "models")
     parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs" / "model")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="generalist224")
@@ -113,10 +120,20 @@ def main() -> None:
         else:
             config = dataclasses.replace(config, phases=[(*config.input_wh, args.epochs)])
     run_dir = CACHE_DIR / "runs" / (args.run_name or f"{args.recipe}-seed{args.seed}")
+    trashnet, *site_folders = args.data
+    args.data, args.site_data = trashnet, site_folders
     command = reproduce_command(args)
 
-    train_split, dropped = data.drop_cross_class_duplicates(data.list_split(args.data, "train"))
-    val_split = data.list_split(args.data, "val")
+    train_split, dropped = data.drop_cross_class_duplicates(data.list_split(trashnet, "train"))
+    site_photos = data.list_labelled_folders(site_folders)
+    if site_photos.paths and not transfer_recipe:
+        raise SystemExit("site photos (a second --data) are only used by the generalist224 recipes")
+    # Site photos come after TrashNet's, so the cached activations of TrashNet's copies stay valid.
+    board_photos = len(train_split.paths)
+    train_split = data.Split(
+        train_split.paths + site_photos.paths, np.concatenate([train_split.labels, site_photos.labels])
+    )
+    val_split = data.list_split(trashnet, "val")
     dev = {part: data.list_dev(args.dev, part) for part in ("tune", "heldout")}
     ship_dir = run_dir / "ship" if args.no_ship else args.out
     docs_dir = run_dir / "ship" if args.no_ship else args.docs
@@ -148,7 +165,9 @@ def main() -> None:
     backbone_npz = port_weights.ensure_ported(CACHE_DIR)
     weights = run_dir / "model.weights.h5"
     if transfer_recipe and not args.skip_train:
-        transfer.train(config, train_split, val_split, dev["tune"], backbone_npz, run_dir)
+        transfer.train(
+            config, train_split, val_split, dev["tune"], backbone_npz, run_dir, board_photos=board_photos
+        )
     elif not args.skip_train:
         teacher = None
         if config.teacher:
@@ -208,6 +227,10 @@ def main() -> None:
             "final_train_loss": round(history["epochs"][-1]["loss"], 4),
             **({k: history[k] for k in ("probe", "wise", "train_images")} if transfer_recipe else {}),
             "dropped_train_images": [str(Path(p).relative_to(args.data)) for p in dropped],
+            "site_photos": {
+                "folders": [os.path.relpath(f.resolve(), REPO_ROOT) for f in args.site_data],
+                "count": len(site_photos.paths),
+            },
             "notes": (
                 "Train images whose bytes appear under two classes (3 TrashNet pairs) are dropped, "
                 f"leaving {len(train_split.paths)} train images"
@@ -264,7 +287,10 @@ def ensure_teacher(
 def reproduce_command(args: argparse.Namespace) -> str:
     """The command that rebuilds this model; output-location flags do not change the model."""
     data_dir = os.path.relpath(args.data.resolve(), REPO_ROOT)
-    command = ["tools/train/run", "--data", data_dir, "--recipe", args.recipe, "--seed", str(args.seed)]
+    command = ["tools/train/run", "--data", data_dir]
+    for folder in args.site_data:
+        command += ["--data", os.path.relpath(folder.resolve(), REPO_ROOT)]
+    command += ["--recipe", args.recipe, "--seed", str(args.seed)]
     if isinstance(RECIPES[args.recipe], TransferConfig):
         command += ["--dev", os.path.relpath(args.dev.resolve(), REPO_ROOT)]
     if args.epochs:

@@ -71,11 +71,15 @@ def _cached(path: Path, make):
 
 
 def train_activations(
-    config: TransferConfig, split: data.Split, trunk: keras.Model, run_dir: Path
+    config: TransferConfig, split: data.Split, trunk: keras.Model, run_dir: Path, board_photos: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Trunk activations of every copy of every train photo (float16, cached per run: resumable)."""
+    """Trunk activations of every copy of every train photo (float16, cached per run: resumable).
+
+    The first `board_photos` are TrashNet's (their items are cut out for bin-like copies); any after
+    them are a site's own photos.
+    """
     jobs = [
-        (str(path), config.seed, index, copy, config.input_wh)
+        (str(path), config.seed, index, copy, config.input_wh) + (() if index < board_photos else (False,))
         for index, path in enumerate(split.paths)
         for copy in range(config.copies + 1)
     ]
@@ -143,6 +147,7 @@ def train(
     dev_tune: data.Split,
     backbone_npz: Path,
     run_dir: Path,
+    board_photos: int | None = None,
 ) -> Path:
     """Write run_dir/model.weights.h5 (the full two-output Lite0) and history.json; return the path."""
     started = time.monotonic()
@@ -153,7 +158,8 @@ def train(
     trunk = lite0_keras.build_trunk(config.first_top_block)
     lite0_keras.copy_weights_by_name(full, trunk)
 
-    acts, labels = train_activations(config, train_split, trunk, run_dir)
+    board = len(train_split.paths) if board_photos is None else board_photos
+    acts, labels = train_activations(config, train_split, trunk, run_dir, board)
     val_acts = activations_of(trunk, val_split, config.input_wh, "decode val")
     dev_acts = activations_of(trunk, dev_tune, config.input_wh, "decode dev tune")
 
