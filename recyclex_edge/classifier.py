@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from recyclex_edge.errors import ModelError
-from recyclex_edge.interpreter import interpreter_class
+from recyclex_edge.interpreter import interpreter_class, interpreter_error
 from recyclex_edge.model_card import SHIPPED_MODEL, ModelCard, load_card
 from recyclex_edge.preprocess import Preprocessor
 
@@ -92,8 +92,10 @@ def _load_runner(
     try:
         interpreter = interpreter_type(**source, num_threads=num_threads)
         interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise ModelError(f"model file {model_path} cannot be loaded by the TFLite runtime: {exc}") from None
+    except (ValueError, RuntimeError, SystemError) as exc:  # SystemError: tflite-runtime under numpy 2
+        raise interpreter_error(interpreter_type, exc) or ModelError(
+            f"model file {model_path} cannot be loaded by the TFLite runtime: {exc}"
+        ) from None
     (input_detail,) = interpreter.get_input_details()
     # Outputs are told apart by size (the card forbids an embedding as long as the label list), not by
     # order or name, which converters do not keep stable.

@@ -3,6 +3,10 @@
 ai-edge-litert is the maintained runtime and runs int8 fast on x86 and ARM; tflite-runtime is the
 fallback for older Raspberry Pi OS images where only it installs. Nothing else in the package imports
 either directly.
+
+tflite-runtime 2.14 (its last release) is compiled against numpy 1.x. Under numpy 2 it still imports,
+then fails when an interpreter is created, with a SystemError wrapping "_ARRAY_API not found";
+`interpreter_error()` turns that into a message naming the fix.
 """
 
 from __future__ import annotations
@@ -10,21 +14,35 @@ from __future__ import annotations
 from typing import Any
 
 from recyclex_edge.errors import ModelError
+from recyclex_edge.numpy_abi import abi_clash_message, is_numpy_abi_error
 
 
 def interpreter_class() -> tuple[type[Any], str]:
     """(Interpreter class, backend name)."""
+    failures: list[BaseException] = []
     try:
         from ai_edge_litert.interpreter import Interpreter
 
         return Interpreter, "ai-edge-litert"
-    except ImportError:
-        pass
+    except ImportError as error:
+        failures.append(error)
     try:
         from tflite_runtime.interpreter import Interpreter
 
         return Interpreter, "tflite-runtime"
-    except ImportError:
-        raise ModelError(
-            "no TFLite interpreter is installed: pip install ai-edge-litert (or tflite-runtime)"
-        ) from None
+    except ImportError as error:
+        failures.append(error)
+    for failure in failures:
+        if is_numpy_abi_error(failure):
+            raise ModelError(abi_clash_message("the TFLite runtime", failure)) from None
+    raise ModelError(
+        "no TFLite interpreter is installed: pip install ai-edge-litert (or tflite-runtime)"
+    ) from None
+
+
+def interpreter_error(interpreter_type: type[Any], error: BaseException) -> ModelError | None:
+    """A ModelError naming the fix when creating an interpreter failed on a numpy ABI clash, else None."""
+    if is_numpy_abi_error(error):
+        package = interpreter_type.__module__.split(".")[0].replace("_", "-")
+        return ModelError(abi_clash_message(f"the TFLite runtime ({package})", error))
+    return None

@@ -1,7 +1,11 @@
 """The Raspberry Pi camera through picamera2. A thin adapter: it cannot be tested here.
 
-picamera2 only exists on Raspberry Pi OS, so it is imported when the source is opened, never at import
-time. The Picamera2 object is created once and kept for the life of the source: creating it again after a
+picamera2 only exists on Raspberry Pi OS (apt's python3-picamera2, seen through the venv's system site
+packages), so it is imported when the source is opened, never at import time. An import that fails
+because the apt camera stack was built for another numpy is reported with the fix (see `numpy_abi`),
+and the Camera runner shows it in /health while it retries.
+
+The Picamera2 object is created once and kept for the life of the source: creating it again after a
 failure leaks the camera and its buffers. Every frame is copied out inside `captured_request()`, whose
 exit releases the request, because a request that is never released holds a DMA buffer for good and the
 camera stops after a handful of them.
@@ -19,8 +23,25 @@ from typing import Any
 import numpy as np
 
 from recyclex_edge.camera.source import CameraError, Frame, FrameSource
+from recyclex_edge.numpy_abi import abi_clash_message, is_numpy_abi_error
 
 log = logging.getLogger(__name__)
+
+
+def _import_picamera2() -> Any:
+    """The Picamera2 class, or a CameraError that says what to install or which numpy to pin."""
+    try:
+        from picamera2 import Picamera2
+    except Exception as error:  # an ABI clash is a ValueError, an AttributeError or an ImportError
+        if is_numpy_abi_error(error):
+            raise CameraError(abi_clash_message("the apt camera stack (picamera2)", error)) from None
+        if isinstance(error, ImportError):
+            raise CameraError(
+                f"picamera2 is not installed ({error}); on Raspberry Pi OS: sudo apt install "
+                "python3-picamera2, in a venv with --system-site-packages (tools/install-service does both)"
+            ) from None
+        raise CameraError(f"picamera2 cannot be imported: {type(error).__name__}: {error}") from None
+    return Picamera2
 
 
 class Picamera2Source(FrameSource):
@@ -41,14 +62,9 @@ class Picamera2Source(FrameSource):
 
     def open(self) -> None:
         if self._camera is None:
+            picamera2_class = _import_picamera2()
             try:
-                from picamera2 import Picamera2
-            except ImportError as error:
-                raise CameraError(
-                    f"picamera2 is not installed ({error}); on Raspberry Pi OS: apt install python3-picamera2"
-                ) from None
-            try:
-                camera = Picamera2(self.camera_num)
+                camera = picamera2_class(self.camera_num)
                 frame_us = int(1_000_000 / self.fps)
                 config = camera.create_video_configuration(
                     # "RGB888" is libcamera's name for B, G, R byte order: what OpenCV calls BGR.

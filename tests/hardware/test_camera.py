@@ -321,3 +321,52 @@ def test_responsive_tells_a_patient_retry_from_a_hung_driver(health: HealthRegis
         time.sleep(0.5)
         assert not wedged.responsive(0.3), "a read stuck for longer than the silence allowed is a hang"
         source.release.set()
+
+
+# The real failures of picamera2's import next to the wrong numpy, as numpy and Cython word them.
+NUMPY_ABI_FAILURES = [
+    "ValueError('numpy.dtype size changed, may indicate binary incompatibility. "
+    "Expected 96 from C header, got 88 from PyObject')",
+    "ImportError('numpy.core.multiarray failed to import')",
+    "AttributeError('_ARRAY_API not found')",
+]
+
+
+def fake_camera_stack(folder: Path, failure: str) -> None:
+    """A `picamera2` package that fails at import the way apt's does when its simplejpeg meets another
+    numpy: picamera2 imports simplejpeg, whose import raises `failure`. Tests our error handling."""
+    (folder / "simplejpeg.py").write_text(f"raise {failure}\n")
+    (folder / "picamera2").mkdir()
+    (folder / "picamera2" / "__init__.py").write_text("import simplejpeg\nPicamera2 = None\n")
+
+
+@pytest.mark.parametrize("failure", NUMPY_ABI_FAILURES)
+def test_picamera2_numpy_abi_clash_is_reported_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, health: HealthRegistry, failure: str
+) -> None:
+    fake_camera_stack(tmp_path, failure)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = Picamera2Source(width=640, height=480, fps=15, small_size=SMALL)
+    with pytest.raises(CameraError) as raised:
+        source.open()
+    message = str(raised.value)
+    assert "numpy" in message and "install 'numpy<2'" in message and np.__version__ in message
+    assert "not installed" not in message, "an ABI clash must not be reported as a missing package"
+
+    with Camera(source, health, reopen_backoff_s=0.02, reopen_backoff_max_s=0.05) as camera:
+        wait_until(lambda: camera.watchdog.open_failures >= 2, what="repeated open attempts")
+    state = health.snapshot()["camera"]
+    assert state.status is Status.FAILING
+    assert "picamera2 #0 cannot be opened" in state.detail and "install 'numpy<2'" in state.detail
+
+
+def test_picamera2_without_libcamera_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PyPI's picamera2 in a venv without the system site packages: libcamera is missing.
+    fake_camera_stack(tmp_path, "ModuleNotFoundError(\"No module named 'libcamera'\", name='libcamera')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = Picamera2Source(width=640, height=480, fps=15, small_size=SMALL)
+    with pytest.raises(CameraError, match=r"apt install python3-picamera2.*--system-site-packages") as raised:
+        source.open()
+    assert "numpy" not in str(raised.value)
