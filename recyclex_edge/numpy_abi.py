@@ -43,12 +43,16 @@ def is_numpy_abi_error(error: BaseException) -> bool:
 
 
 def abi_clash_message(what: str, error: BaseException) -> str:
-    """One line for /health and the log: what failed, which numpy is loaded, and the fix to apply."""
+    """One line for /health and the log: what failed, which numpy is loaded, and the fix to apply.
+
+    No file paths: /health is public. Whether numpy came from the venv or the system says enough.
+    """
     failure = _abi_failure(error) or error
     reason = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
+    in_venv = sys.prefix != sys.base_prefix and np.__file__.startswith(sys.prefix)
     return (
-        f"{what} was built for a different numpy than the one loaded here (numpy {np.__version__} "
-        f"from {np.__file__.rsplit('/', 2)[0]}): {type(failure).__name__}: {reason}. "
-        f"Fix: {sys.prefix}/bin/pip install 'numpy<2' and restart "
-        "(sudo tools/install-service installs the tested set from tools/pi-constraints.txt)"
+        f"{what} was built for a different numpy than the one loaded here (numpy {np.__version__}, "
+        f"{'the venv' if in_venv else 'the system'}'s): {type(failure).__name__}: {reason}. Fix: "
+        "install numpy below 2 in the bin's venv (/opt/recyclex-edge/venv/bin/pip install 'numpy<2'; "
+        "sudo tools/install-service installs the tested set from tools/pi-constraints.txt) and restart"
     )

@@ -4,6 +4,7 @@ frame watchdog reopening a stalled source, and a missing camera reported without
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from pathlib import Path
@@ -358,6 +359,7 @@ def test_picamera2_numpy_abi_clash_is_reported_with_the_fix(
     state = health.snapshot()["camera"]
     assert state.status is Status.FAILING
     assert "picamera2 #0 cannot be opened" in state.detail and "install 'numpy<2'" in state.detail
+    assert sys.prefix not in state.detail, "/health is public: no paths of this machine"
 
 
 def test_picamera2_without_libcamera_says_what_to_install(
