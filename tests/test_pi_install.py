@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 def pi_pins() -> dict[str, Version]:
     pins = {}
     for line in (REPO / "tools" / "pi-constraints.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
+        line = line.split("#")[0].strip()  # pip's comment rule: from " #" or a line's start
+        if line:
             name, version = line.split("==")
             pins[name.strip()] = Version(version.strip())
     return pins
