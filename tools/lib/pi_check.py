@@ -330,7 +330,6 @@ def check_temperature(report: Report) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))  # a checkout without the package installed still runs
     from recyclex_edge.config import load_config
     from recyclex_edge.errors import ConfigError
     from recyclex_edge.gpio import make_pin_factory
