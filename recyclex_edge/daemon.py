@@ -34,6 +34,7 @@ from recyclex_edge.api.keys import INFERENCE, METRICS
 from recyclex_edge.api.models import add_model_routes
 from recyclex_edge.api.page import add_technician_page, camera_jpeg
 from recyclex_edge.api.review import add_review_api
+from recyclex_edge.bin_metrics import BinMetrics
 from recyclex_edge.camera import Camera, build_camera
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config
@@ -113,6 +114,7 @@ class Daemon:
         self.mqtt: MqttBridge | None = None
         self.app: web.Application | None = None
         self.connection_guard: ConnectionGuard | None = None
+        self.metrics: BinMetrics | None = None
         self._sinks: list[EventSink] = []
         # reload-model comes from MQTT's thread or the technician page; one at a time.
         self._reload_lock = threading.Lock()
@@ -164,6 +166,13 @@ class Daemon:
     def _start_mqtt(self) -> None:
         config = self.config
         if not config.mqtt.enabled:
+            for component in ("mqtt", "outbox"):
+                self.health.report(
+                    component,
+                    Status.DISABLED,
+                    "mqtt.enabled is false: this bin publishes no events, state or stats",
+                    critical=False,
+                )
             return
         self.outbox = Outbox(
             Path(config.storage.state_dir) / "outbox.sqlite3",
@@ -206,6 +215,25 @@ class Daemon:
             site=self.site,
         )
         self.pipeline.start()
+
+    def _report_fill_sensors(self) -> None:
+        """Fill levels are a component of their own, so a bin without sensors says so ('disabled')."""
+        measured = [name for name, bin_config in self.config.sorter.bins.items() if bin_config.fill_sensor]
+        if not measured:
+            self.health.report(
+                "fill_levels",
+                Status.DISABLED,
+                "no bin in sorter.bins has a fill_sensor: fill levels are not measured",
+                critical=False,
+            )
+        elif self.sorter is None:
+            self.health.report(
+                "fill_levels", Status.FAILING, "the sorter is not running (see sorter)", critical=False
+            )
+        else:
+            self.health.report(
+                "fill_levels", Status.OK, f"measured for {', '.join(measured)}", critical=False
+            )
 
     # -- what dashboards see (called from MQTT threads: reads only) ------------------------------------
 
@@ -399,8 +427,11 @@ class Daemon:
     def _housekeeping(self) -> None:
         state_dir = Path(self.config.storage.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        check_disk(state_dir, self.health)
-        check_temperature(self.health)
+        disk_free_bytes = check_disk(state_dir, self.health)
+        soc_temperature_c = check_temperature(self.health)
+        if self.metrics is not None:
+            self.metrics.vitals.disk_free_bytes = disk_free_bytes
+            self.metrics.vitals.soc_temperature_c = soc_temperature_c
         if self.site is not None:
             self.site.housekeeping()
         if self.sorter is not None:
@@ -482,9 +513,14 @@ class Daemon:
         self._start_mqtt()
         self.site.on_change = lambda: self.mqtt.state_changed() if self.mqtt is not None else None
         self.site.on_label = self.registry.observe_label  # a shadow run's accuracy on labelled items
+        self.metrics = BinMetrics(self.app[METRICS].registry, self.health)
+        self.metrics.attach(
+            camera=self.camera, detector=self.detector, sorter=self.sorter, outbox=self.outbox, mqtt=self.mqtt
+        )
+        self._report_fill_sensors()
         # The outbox first: an event counts as produced once it is durable.
         sinks: list[EventSink] = [self.mqtt.submit_event] if self.mqtt is not None else []
-        self._sinks = [*sinks, hub.publish, self.registry.observe]
+        self._sinks = [*sinks, hub.publish, self.registry.observe, self.metrics.observe_event]
         self._start_pipeline(self._sinks)
         self.registry.attach(
             Switch(check=self._check_model, use=self._use_model, use_shadow=self._use_shadow),

@@ -72,11 +72,17 @@ class DepositDetector(ABC):
         self._events: queue.Queue[DepositEvent] = queue.Queue(maxsize=_EVENT_QUEUE_SIZE)
         self._state = DepositState.EMPTY
         self._state_lock = threading.Lock()
+        self._deposits = 0
 
     @property
     def state(self) -> DepositState:
         with self._state_lock:
             return self._state
+
+    @property
+    def deposits(self) -> int:
+        """Items that settled since start (whatever became of them: maintenance mode ignores them)."""
+        return self._deposits
 
     def next_event(self, timeout_s: float) -> DepositEvent | None:
         """The oldest unread event, or None if none came within `timeout_s`."""
@@ -88,6 +94,7 @@ class DepositDetector(ABC):
     def _emit(self, state: DepositState, event: DepositEvent) -> None:
         with self._state_lock:
             self._state = state
+            self._deposits += event.kind is DepositEventKind.SETTLED
         log.debug("deposit %s (seq %s)", event.kind.value, event.sequence)  # INFO is one line per item
         while True:
             try:

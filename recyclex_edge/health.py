@@ -1,6 +1,8 @@
 """Component health: every stage reports here, `/health`, MQTT and the technician page read it.
 
-A component is `ok`, `degraded` or `failing`, with a human detail and the time its status last changed.
+A component is `ok`, `degraded` or `failing`, with a human detail and the time its status last changed;
+or `disabled`: turned off by the config (MQTT off, no fill sensors), shown so that a technician sees at
+a glance what the bin does not do, and never counted against the overall status.
 The overall status is the worst one, except that a failing non-critical component (MQTT, say) only
 degrades the bin: it can still sort.
 """
@@ -18,9 +20,10 @@ class Status(StrEnum):
     OK = "ok"
     DEGRADED = "degraded"
     FAILING = "failing"
+    DISABLED = "disabled"
 
 
-_RANK = {Status.OK: 0, Status.DEGRADED: 1, Status.FAILING: 2}
+_RANK = {Status.DISABLED: 0, Status.OK: 0, Status.DEGRADED: 1, Status.FAILING: 2}
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,13 @@ def check_disk(
     *,
     failing_below_bytes: int = DISK_FAILING_BYTES,
     degraded_below_bytes: int = DISK_DEGRADED_BYTES,
-) -> None:
+) -> int | None:
+    """Report the `disk` component; returns the free bytes (None when the directory cannot be read)."""
     try:
         free = shutil.disk_usage(state_dir).free
     except OSError as error:
         health.report("disk", Status.FAILING, f"cannot read the state directory: {error.strerror}")
-        return
+        return None
     free_mib = free / 1024 / 1024
     if free < failing_below_bytes:
         health.report(
@@ -42,12 +43,16 @@ def check_disk(
         )
     else:
         health.report("disk", Status.OK, f"{free_mib:.0f} MiB free in the state directory")
+    return free
 
 
-def check_temperature(health: HealthRegistry) -> None:
+def check_temperature(health: HealthRegistry) -> float | None:
+    """Report the `soc_temperature` component; returns degrees C (None without a thermal sensor)."""
     celsius = soc_temperature_c()
     if celsius is None:
-        return  # no thermal sensor on this board (a PC, a container): nothing to report
+        # A PC or a container: shown as disabled rather than missing, so its absence is explained.
+        health.report("soc_temperature", Status.DISABLED, "no thermal sensor on this board")
+        return None
     if celsius >= TEMPERATURE_FAILING_C:
         health.report(
             "soc_temperature", Status.FAILING, f"{celsius:.1f} C: throttling; check the fan and vents"
@@ -56,3 +61,4 @@ def check_temperature(health: HealthRegistry) -> None:
         health.report("soc_temperature", Status.DEGRADED, f"{celsius:.1f} C: close to throttling")
     else:
         health.report("soc_temperature", Status.OK, f"{celsius:.1f} C")
+    return celsius

@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
     payload BLOB NOT NULL,
-    size_bytes INTEGER NOT NULL
+    size_bytes INTEGER NOT NULL,
+    queued_at REAL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -77,6 +78,7 @@ class OutboxRow:
     event_id: str
     payload: bytes
     generation: int = 0
+    queued_at: float = 0.0  # time.time() when appended: the outbox's oldest age comes from it
 
 
 class Outbox:
@@ -104,6 +106,8 @@ class Outbox:
         self._lost = 0
         self._lost_persisted = 0
         self._next_seq = 1
+        self._oldest_queued_at: float | None = None  # of the oldest queued row; None when empty
+        self._opened_at = time.time()
         self._problem = ""  # why the file is not usable right now, "" when it is
         self._notice = ""  # something a technician should know even though all is well now
         self._generation = 0  # bumped when the queued rows are renumbered (a late open)
@@ -111,6 +115,7 @@ class Outbox:
         self._next_open_at = time.monotonic() + reopen_interval_s
         self._closed = False
         self._db = self._open()
+        self._find_oldest()
         self._report()
 
     # -- opening -------------------------------------------------------------------------------------
@@ -158,7 +163,7 @@ class Outbox:
         # The file's rows were queued before the restart, so they go first; the held rows follow them.
         self._generation += 1
         self._memory = deque(
-            OutboxRow(self._next_seq + offset, row.event_id, row.payload, self._generation)
+            OutboxRow(self._next_seq + offset, row.event_id, row.payload, self._generation, row.queued_at)
             for offset, row in enumerate(held)
         )
         self._next_seq += len(held)
@@ -167,6 +172,7 @@ class Outbox:
         self._lost += lost_in_memory
         log.info("outbox %s opened; %d event(s) held in memory queue after its own", self.path, len(held))
         self._write(list(self._memory))  # clears the problem once they are on disk
+        self._find_oldest()
         return True
 
     def _connect(self) -> sqlite3.Connection:
@@ -179,6 +185,9 @@ class Outbox:
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {verdict}")
             db.executescript(_SCHEMA)
+            columns = {name for _, name, *_ in db.execute("PRAGMA table_info(events)")}
+            if "queued_at" not in columns:  # a file from before the column: its rows' age is unknown
+                db.execute("ALTER TABLE events ADD COLUMN queued_at REAL")
             rows, size, last = db.execute(
                 "SELECT count(*), coalesce(sum(size_bytes), 0), coalesce(max(seq), 0) FROM events"
             ).fetchone()
@@ -211,7 +220,7 @@ class Outbox:
         """Queue one event; durable when this returns, unless health says the file is failing."""
         with self._lock:
             self._open_late_if_due()
-            row = OutboxRow(self._next_seq, event_id, payload, self._generation)
+            row = OutboxRow(self._next_seq, event_id, payload, self._generation, time.time())
             self._next_seq += 1
             self._rows += 1
             self._bytes += len(payload)
@@ -222,6 +231,7 @@ class Outbox:
                     self._rows -= 1
                     self._bytes -= len(dropped.payload)
                     self._lost += 1
+            self._find_oldest()
         self._report()
 
     def _write(self, rows: list[OutboxRow]) -> bool:
@@ -235,8 +245,8 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             dropped_rows, dropped_bytes = self._make_room()
             self._db.executemany(
-                "INSERT INTO events (seq, event_id, payload, size_bytes) VALUES (?, ?, ?, ?)",
-                [(row.seq, row.event_id, row.payload, len(row.payload)) for row in rows],
+                "INSERT INTO events (seq, event_id, payload, size_bytes, queued_at) VALUES (?, ?, ?, ?, ?)",
+                [(row.seq, row.event_id, row.payload, len(row.payload), row.queued_at) for row in rows],
             )
             lost = self._lost + dropped_rows
             if lost != self._lost_persisted:
@@ -319,36 +329,60 @@ class Outbox:
             wanted = {row.seq for row in rows if row.generation == self._generation}
             if not wanted:
                 return
-            for row in [row for row in self._memory if row.seq in wanted]:
-                self._memory.remove(row)
-                self._rows -= 1
-                self._bytes -= len(row.payload)
-                wanted.discard(row.seq)
-            if not wanted or self._db is None:
-                return
-            removed_rows = removed_bytes = 0
+            self._delete(wanted)
+            self._find_oldest()
+
+    def _delete(self, wanted: set[int]) -> None:
+        """Forget the rows numbered `wanted`, in memory and on disk; called with the lock held."""
+        for row in [row for row in self._memory if row.seq in wanted]:
+            self._memory.remove(row)
+            self._rows -= 1
+            self._bytes -= len(row.payload)
+            wanted.discard(row.seq)
+        if not wanted or self._db is None:
+            return
+        removed_rows = removed_bytes = 0
+        try:
+            # No fsync for deletions: losing one to a power cut only means a duplicate, and the next
+            # append's FULL commit syncs the log up to and including it. Halves the SD card's writes.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("BEGIN IMMEDIATE")
+            for seq in sorted(wanted):
+                # A row dropped for space while in flight is simply not found.
+                for (size,) in self._db.execute(
+                    "DELETE FROM events WHERE seq = ? RETURNING size_bytes", (seq,)
+                ).fetchall():
+                    removed_rows += 1
+                    removed_bytes += size
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            # The rows stay and are sent again later: a duplicate, never a loss.
+            self._rollback()
+            log.error("cannot delete acknowledged events from the outbox: %s", error)
+            return
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+        self._rows -= removed_rows
+        self._bytes -= removed_bytes
+
+    def _find_oldest(self) -> None:
+        """Note when the oldest queued row was queued; after every change, so reading it costs nothing.
+
+        Called with the lock held (or before any other thread has the outbox). Rows written before the
+        file had a `queued_at` column count from when this outbox opened the file.
+        """
+        oldest: float | None = None
+        if self._db is not None:
             try:
-                # No fsync for deletions: losing one to a power cut only means a duplicate, and the next
-                # append's FULL commit syncs the log up to and including it. Halves the SD card's writes.
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("BEGIN IMMEDIATE")
-                for seq in sorted(wanted):
-                    # A row dropped for space while in flight is simply not found.
-                    for (size,) in self._db.execute(
-                        "DELETE FROM events WHERE seq = ? RETURNING size_bytes", (seq,)
-                    ).fetchall():
-                        removed_rows += 1
-                        removed_bytes += size
-                self._db.execute("COMMIT")
+                row = self._db.execute("SELECT queued_at FROM events ORDER BY seq LIMIT 1").fetchone()
             except sqlite3.Error as error:
-                # The rows stay and are sent again later: a duplicate, never a loss.
-                self._rollback()
-                log.error("cannot delete acknowledged events from the outbox: %s", error)
-                return
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
-            self._rows -= removed_rows
-            self._bytes -= removed_bytes
+                log.error("cannot read the outbox's oldest row: %s", error)
+                row = None
+            if row is not None:
+                oldest = row[0] if row[0] is not None else self._opened_at
+        if oldest is None and self._memory:
+            oldest = self._memory[0].queued_at
+        self._oldest_queued_at = oldest
 
     # -- reporting -----------------------------------------------------------------------------------
 
@@ -361,6 +395,12 @@ class Outbox:
     def depth(self) -> int:
         """Events waiting for the broker's acknowledgement."""
         return self._rows
+
+    @property
+    def oldest_age_s(self) -> float:
+        """Seconds the oldest unacknowledged event has waited; 0 when none waits."""
+        oldest = self._oldest_queued_at
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     @property
     def size_bytes(self) -> int:

@@ -184,6 +184,10 @@ class Sorter:
         self.config = config
         self._health = health
         self.counts = SortCounts(state_dir / COUNTS_FILE)
+        # Since start, for /metrics: sequences that drove the actuators, per bin, and jams detected.
+        # Unlike `counts` they never reset (Prometheus counters); test moves count as moves.
+        self.moves: Counter[str] = Counter()
+        self.jams = 0
         self._sorting = threading.Lock()
         self._abort = threading.Event()
         self._closed = False
@@ -411,6 +415,7 @@ class Sorter:
         if not self._at_home():
             return self._jam(category, bin_name, "diverter not home before moving")
         actuated_at_s = time.monotonic()
+        self.moves[bin_name] += 1
         if self._servo is not None and target.angle_deg is not None:
             self._servo.angle = target.angle_deg
             interrupted = self._hold(config.move_s)
@@ -462,6 +467,7 @@ class Sorter:
 
     def _jam(self, category: str, bin_name: str, why: str) -> SortResult:
         self._jammed = True
+        self.jams += 1
         self._relays_off()
         if self._servo is not None:
             self._servo.detach()  # a stalled servo pushing against a jam burns out

@@ -170,6 +170,10 @@ class MqttBridge:
     def connected(self) -> bool:
         return self._connection is not None and self._connection.connected
 
+    @property
+    def reconnects(self) -> int:
+        return self._connection.reconnects if self._connection is not None else 0
+
     # -- network thread callbacks: hand over, never block --------------------------------------------
 
     def _connected(self) -> None:

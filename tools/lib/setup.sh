@@ -60,4 +60,8 @@ install_debian_packages() {
     if [[ " ${missing[*]} " == *" mosquitto "* ]]; then
         "${sudo[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true
     fi
+    # Only its promtool is wanted; the Prometheus server it brings would scrape and store for nothing.
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        "${sudo[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
 }
