@@ -180,6 +180,12 @@ async def test_the_page_says_when_a_token_is_missing_or_refused_and_works_with_a
 
     await expect(status).to_contain_text("No token")
     await expect(actuator).to_be_disabled()
+    # MQTT is off in this bin: said at a glance, in the list and in the overall line, not left out.
+    for name in ("mqtt", "outbox", "fill_levels"):
+        await expect(component(page, name)).to_have_attribute("data-status", "disabled")
+        await expect(component(page, name)).to_have_class(re.compile(r"\bdisabled\b"))
+    await expect(component(page, "mqtt").locator(".component-detail")).to_contain_text("publishes no events")
+    await expect(page.locator("#overall-status")).to_contain_text("mqtt disabled")
     await expect(page.locator("#camera-note")).to_contain_text("Paste a valid token")
     await expect(page.locator("#auth-banner")).to_contain_text("Read-only view")
     ARTIFACTS.mkdir(exist_ok=True)

@@ -115,8 +115,13 @@ class Metrics:
         ).set_function(read(lambda s: s.mean_confidence))
 
     def set_model(self, card: ModelCard) -> None:
-        """Name the model in use (again after reload-model)."""
-        self._model.info({"name": card.name, "version": card.version, "sha256": card.sha256})
+        """Name the model in use (again after reload-model).
+
+        recyclex_model_info's labels are built here alone: site learning adds its `adaptation` (which
+        adaptation of the model is applied, "none" without one) as one more key of this dict.
+        """
+        labels = {"name": card.name, "version": card.version, "sha256": card.sha256}
+        self._model.info(labels)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -114,7 +114,8 @@ function setBanner(id, kind, text) {
 
 // -- health ---------------------------------------------------------------------------------------
 
-const RANK = { failing: 0, degraded: 1, ok: 2 };
+// Problems first, then what the config turned off (a bin that publishes nothing must show it), then ok.
+const RANK = { failing: 0, degraded: 1, disabled: 2, ok: 3 };
 
 function renderHealth(health) {
   const overall = $("overall");
@@ -129,7 +130,7 @@ function renderHealth(health) {
   $("uptime").textContent = duration(health.uptime_s);
   $("updated").textContent = clock(new Date());
 
-  components.sort(([a, x], [b, y]) => (RANK[x.status] ?? 3) - (RANK[y.status] ?? 3) || a.localeCompare(b));
+  components.sort(([a, x], [b, y]) => (RANK[x.status] ?? 4) - (RANK[y.status] ?? 4) || a.localeCompare(b));
   const list = $("components");
   list.replaceChildren(
     ...components.map(([name, component]) => {
