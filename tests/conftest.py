@@ -126,7 +126,8 @@ def openapi_validator():
 
     def check(path: str, method: str, status: int, body: object) -> None:
         responses = OPENAPI["paths"][path][method.lower()]["responses"]
-        key = str(status) if str(status) in responses else "default"
+        key = str(status)
+        assert key in responses, f"{method} {path} answered {status}, which /openapi.json does not list"
         pointer = f"#/paths/{path.replace('/', '~1')}/{method.lower()}/responses/{key}"
         schema = {**OPENAPI, "$ref": f"{pointer}/content/application~1json/schema"}
         jsonschema.validate(body, schema, format_checker=jsonschema.FormatChecker())

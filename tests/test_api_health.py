@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import jsonschema
 from aiohttp import web
 
 from recyclex_edge import __version__
 from recyclex_edge.api import build_app
+from recyclex_edge.api.openapi import OPENAPI
 from recyclex_edge.health import HealthRegistry, Status
 from tests.conftest import API_AUTH, API_PREDICT_TOKEN
 
@@ -64,7 +66,8 @@ async def test_unknown_path_and_wrong_method_answer_json(api_client, openapi_val
     wrong = await client.delete("/health")
     body = await wrong.json()
     assert wrong.status == 405 and "GET" in wrong.headers["Allow"] and set(body) == ERROR_KEYS
-    openapi_validator("/health", "GET", 405, body)
+    # DELETE /health is no operation of the document; its answer still has the documented error shape.
+    jsonschema.validate(body, OPENAPI["components"]["schemas"]["Error"])
 
 
 async def test_an_unexpected_exception_is_a_json_500_with_the_traceback_only_in_the_log(

@@ -17,7 +17,40 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_ERROR = _json(_ref("Error"), "Any 4xx or 5xx: what is wrong and what to do.")
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+# Answers any operation can give, whatever it does: the HTTP layer, the middlewares (rate limit,
+# deadline) and the error handler. One place to extend when a new cap answers (e.g. 408, 431).
+TRANSPORT_ERRORS: dict[int, str] = {
+    400: "the request is malformed (headers, query or body); the message says what",
+    429: "too many requests from this client (http.rate_limit); see Retry-After",
+    500: "an unexpected error, logged on the bin",
+    503: "the request took longer than http.request_timeout_s, or the bin is busy; see Retry-After",
+}
+# Operations that need a token (any, or a scope) add these.
+AUTH_ERRORS: dict[int, str] = {401: "no token, or one the bin does not accept; see WWW-Authenticate"}
+SCOPE_ERRORS: dict[int, str] = {403: "the token lacks the scope this operation needs"}
+
+
+def _responses(ok: dict[str, Any], errors: dict[int, str] | None = None, *, auth: str = "none") -> Any:
+    """`ok` (status -> response) plus every error the operation can answer, each with the Error schema.
+
+    `auth`: "none" (always public), "token" (any valid token, or public by config), "scope" (a scope).
+    """
+    answers: dict[int, str] = dict(TRANSPORT_ERRORS)
+    if auth in ("token", "scope"):
+        answers |= AUTH_ERRORS
+    if auth == "scope":
+        answers |= SCOPE_ERRORS
+    answers |= errors or {}
+    responses = dict(ok)
+    for status, description in sorted(answers.items()):
+        responses.setdefault(str(status), _error(description))
+    return responses
+
+
 _NUMBER = {"type": "number"}
 _PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
 
@@ -37,7 +70,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["status", "detail", "since"],
         "additionalProperties": False,
         "properties": {
-            "status": {"enum": ["ok", "degraded", "failing"]},
+            "status": {"enum": ["ok", "degraded", "failing", "disabled"]},
             "detail": {"type": "string"},
             "since": {"type": "string", "format": "date-time"},
         },
@@ -176,18 +209,32 @@ _SCHEMAS: dict[str, Any] = {
     },
 }
 
-_UPLOAD_BODY: dict[str, Any] = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {"file": {"type": "string", "contentMediaType": "application/octet-stream"}},
-            }
+
+def _upload_body(media_types: list[str], what: str) -> dict[str, Any]:
+    """A required body: one non-empty file of `media_types`, as the body itself or the multipart `file`."""
+    part = {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1}
+    return {
+        "required": True,
+        "description": f"{what}: the file itself as the body, or as the multipart/form-data field `file`.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": part},
+                    # Other fields are skipped; their names must be plain tokens for the form to parse.
+                    "propertyNames": {"pattern": "^[A-Za-z0-9_.-]+$"},
+                },
+                "encoding": {"file": {"contentType": ", ".join(media_types)}},
+            },
+            **{media_type: _file(media_type, what) for media_type in media_types},
         },
-    },
-}
+    }
+
+
+def _file(media_type: str, what: str) -> dict[str, Any]:
+    return {"schema": {"type": "string", "contentMediaType": media_type, "minLength": 1, "description": what}}
+
 
 _SCHEMAS["ModelResult"] = {
     "type": "object",
@@ -272,26 +319,35 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Overall and per-component health",
                 "description": "Public unless http.auth.public_health is false; then any valid token.",
                 "security": [{}, {"bearer": []}],
-                "responses": {
-                    "200": _json(_ref("Health"), "ok or degraded"),
-                    "503": _json(_ref("Health"), "failing"),
-                    "default": _ERROR,
-                },
+                "responses": _responses(
+                    {
+                        "200": _json(_ref("Health"), "ok or degraded"),
+                        "503": _json(
+                            {"oneOf": [_ref("Health"), _ref("Error")]},
+                            "failing (the health body), or the request timed out (an error)",
+                        ),
+                    },
+                    auth="token",
+                ),
             }
         },
         "/predict/image": {
             "post": {
                 "summary": "Classify one JPEG or PNG image",
                 "security": _SECURED,
-                "requestBody": {
-                    **_UPLOAD_BODY,
-                    "content": {
-                        **_UPLOAD_BODY["content"],
-                        "image/jpeg": {"schema": {"type": "string", "contentMediaType": "image/jpeg"}},
-                        "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
+                "requestBody": _upload_body(["image/jpeg", "image/png"], "a complete JPEG or PNG image"),
+                "responses": _responses(
+                    {"200": _json(_ref("Prediction"), "the classification")},
+                    {
+                        400: "the upload is empty, interrupted, malformed, or not a decodable image",
+                        408: "the upload came in too slowly (http.read_timeout_s)",
+                        413: "the upload or the image's pixels exceed the limits",
+                        415: "not a JPEG or PNG (by Content-Type and by its first bytes)",
+                        503: "no model is loaded, too many inferences are pending, or the request "
+                        "timed out; see Retry-After",
                     },
-                },
-                "responses": {"200": _json(_ref("Prediction"), "the classification"), "default": _ERROR},
+                    auth="scope",
+                ),
             }
         },
         "/predict/video": {
@@ -307,34 +363,49 @@ OPENAPI: dict[str, Any] = {
                         "description": "Samples per second (default 2, capped by http.video_fps_max).",
                     }
                 ],
-                "requestBody": {
-                    **_UPLOAD_BODY,
-                    "content": {
-                        **_UPLOAD_BODY["content"],
-                        "video/mp4": {"schema": {"type": "string", "contentMediaType": "video/mp4"}},
+                "requestBody": _upload_body(["video/mp4"], "a complete MP4 video"),
+                "responses": _responses(
+                    {"200": _json(_ref("VideoPrediction"), "per-frame results")},
+                    {
+                        400: "fps is not a positive number, or the upload is empty, interrupted, "
+                        "malformed or not a readable video",
+                        408: "the upload came in too slowly (http.read_timeout_s)",
+                        413: "the upload, its duration, frames or pixels exceed the limits",
+                        415: "not an MP4 (by Content-Type and by its first bytes)",
+                        503: "no model is loaded, too many inferences are pending, or the request "
+                        "timed out; see Retry-After",
                     },
-                },
-                "responses": {"200": _json(_ref("VideoPrediction"), "per-frame results"), "default": _ERROR},
+                    auth="scope",
+                ),
             }
         },
         "/predict/live": {
             "get": {
                 "summary": "WebSocket: binary frames in, one JSON result per frame out (docs/http-api.md)",
                 "security": _SECURED,
-                "responses": {"101": {"description": "switching to WebSocket"}, "default": _ERROR},
+                "responses": _responses(
+                    {"101": {"description": "switching to WebSocket"}},
+                    {
+                        400: "not a WebSocket upgrade request",
+                        503: "no model is loaded, or every live socket is taken; see Retry-After",
+                    },
+                    auth="scope",
+                ),
             }
         },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics (text exposition format)",
                 "security": [{"bearer": ["admin"]}],
-                "responses": {
-                    "200": {
-                        "description": "metrics",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
                     },
-                    "default": _ERROR,
-                },
+                    auth="scope",
+                ),
             }
         },
         # The technician page and the small API it reads (recyclex_edge/api/page.py).
@@ -342,7 +413,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The technician page (HTML; it holds no data, it calls the endpoints below)",
                 "security": [],
-                "responses": {"200": {"description": "the page", "content": {"text/html": {}}}},
+                "responses": _responses({"200": {"description": "the page", "content": {"text/html": {}}}}),
             }
         },
         "/static/{name}": {
@@ -352,21 +423,23 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [
                     {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
-                "responses": {"200": {"description": "the file"}, "default": _ERROR},
+                "responses": _responses({"200": {"description": "the file"}}, {404: "no such file"}),
             }
         },
         "/api/state": {
             "get": {
                 "summary": "Mode, counters, fill levels, detector state, device, and who the caller is",
                 "security": [{}, {"bearer": []}],
-                "responses": {"200": _json({"type": "object"}, "the bin's state"), "default": _ERROR},
+                "responses": _responses({"200": _json({"type": "object"}, "the bin's state")}, auth="token"),
             }
         },
         "/api/history": {
             "get": {
                 "summary": "Recent events (without images) and per-minute series of the last hours",
                 "security": [{}, {"bearer": []}],
-                "responses": {"200": _json({"type": "object"}, "events and series"), "default": _ERROR},
+                "responses": _responses(
+                    {"200": _json({"type": "object"}, "events and series")}, auth="token"
+                ),
             }
         },
         "/api/events/{event_id}/thumbnail.jpg": {
@@ -376,20 +449,22 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [
                     {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
-                "responses": {
-                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
-                    "default": _ERROR,
-                },
+                "responses": _responses(
+                    {"200": {"description": "JPEG", "content": {"image/jpeg": {}}}},
+                    {404: "no such event, or it is too old to keep a photo"},
+                    auth="token",
+                ),
             }
         },
         "/api/camera.jpg": {
             "get": {
                 "summary": "The latest camera frame (re-encoded at most once a second)",
                 "security": [{"bearer": []}],
-                "responses": {
-                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
-                    "default": _ERROR,
-                },
+                "responses": _responses(
+                    {"200": {"description": "JPEG", "content": {"image/jpeg": {}}}},
+                    {503: "no camera frame yet, or the request timed out; see Retry-After"},
+                    auth="token",
+                ),
             }
         },
         "/api/commands/{name}": {
@@ -403,7 +478,17 @@ OPENAPI: dict[str, Any] = {
                     "required": False,
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
-                "responses": {"200": _json({"type": "object"}, "{ok: true, result}"), "default": _ERROR},
+                "responses": _responses(
+                    {"200": _json({"type": "object"}, "{ok: true, result}")},
+                    {
+                        400: "the body is not a JSON object with the arguments this command takes",
+                        404: "no such command",
+                        409: "another command is running, or the command failed (the message says why)",
+                        413: "the body is larger than a command needs",
+                        415: "the body is not application/json",
+                    },
+                    auth="scope",
+                ),
             }
         },
         # The model registry (recyclex_edge/api/models.py); admin scope.
@@ -541,7 +626,9 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "This document",
                 "security": [],
-                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+                "responses": _responses(
+                    {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}}
+                ),
             }
         },
     },
