@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from recyclex_edge.errors import ModelError
-from recyclex_edge.interpreter import interpreter_class, interpreter_error
+from recyclex_edge.interpreter import interpreter_class, interpreter_error, runtime_chatter_filtered
 from recyclex_edge.model_card import SHIPPED_MODEL, ModelCard, load_card
 from recyclex_edge.preprocess import Preprocessor
 
@@ -90,8 +90,9 @@ def _load_runner(
 ) -> _Runner:
     source = {"model_path": str(model_path)} if content is None else {"model_content": content}
     try:
-        interpreter = interpreter_type(**source, num_threads=num_threads)
-        interpreter.allocate_tensors()
+        with runtime_chatter_filtered():
+            interpreter = interpreter_type(**source, num_threads=num_threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError, SystemError) as exc:  # SystemError: tflite-runtime under numpy 2
         raise interpreter_error(interpreter_type, exc) or ModelError(
             f"model file {model_path} cannot be loaded by the TFLite runtime: {exc}"

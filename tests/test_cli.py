@@ -57,6 +57,7 @@ def test_classify_all_good_exits_zero_with_readable_lines() -> None:
     completed = run_cli("classify", str(photo))
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith(f"{photo}: ")
+    assert completed.stderr == "", "an operator's tool prints no runtime chatter (XNNPACK INFO lines)"
 
 
 def test_classify_json_reports_uncertain_when_below_the_threshold(tmp_path: Path) -> None:

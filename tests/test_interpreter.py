@@ -3,6 +3,7 @@ failures worded as numpy words them."""
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import subprocess
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recyclex_edge.classifier import Classifier
 from recyclex_edge.errors import ModelError
-from recyclex_edge.interpreter import interpreter_class
+from recyclex_edge.interpreter import RUNTIME_CHATTER, interpreter_class, runtime_chatter_filtered
 from recyclex_edge.numpy_abi import is_numpy_abi_error
 
 NUMPY_MAJOR = int(np.__version__.split(".")[0])
@@ -91,3 +93,14 @@ def test_abi_errors_are_recognised_through_their_cause() -> None:
     except SystemError as outer:
         assert is_numpy_abi_error(outer)
     assert not is_numpy_abi_error(ValueError("Could not open 'model.tflite'."))
+
+
+# The TFLite runtime's INFO chatter is dropped from stderr while interpreters are made; nothing else is.
+# (That `recyclex-edge classify` prints nothing on stderr, in a fresh process, is in tests/test_cli.py.)
+def test_only_the_runtime_chatter_is_dropped(capfd: pytest.CaptureFixture[str]) -> None:
+    with runtime_chatter_filtered():
+        os.write(2, RUNTIME_CHATTER[0] + b"\n")
+        os.write(2, b"another thread's warning\n")
+        Classifier(pool_size=2)  # the real runtime (it says its XNNPACK line once per process)
+    captured = capfd.readouterr()
+    assert captured.err == "another thread's warning\n"
