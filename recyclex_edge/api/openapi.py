@@ -8,6 +8,9 @@ from typing import Any
 from recyclex_edge import __version__
 from recyclex_edge.api.errors import TRANSPORT_ERRORS
 
+# The technician page's own files (recyclex_edge/web); recyclex_edge.api.page serves these.
+PAGE_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -421,7 +424,12 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The page's script and style",
                 "security": [],
                 "parameters": [
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(PAGE_ASSETS)},
+                    }
                 ],
                 "responses": _responses({"200": {"description": "the file"}}, {404: "no such file"}),
             }

@@ -31,6 +31,7 @@ from aiohttp import hdrs, web
 from recyclex_edge.api.auth import RoutePolicy
 from recyclex_edge.api.errors import ApiError
 from recyclex_edge.api.keys import AUTHENTICATOR, CLIENT, CONFIG, IDENTITY, ROUTE_POLICIES
+from recyclex_edge.api.openapi import PAGE_ASSETS
 from recyclex_edge.camera import Camera
 from recyclex_edge.errors import RecycleXError
 from recyclex_edge.history import History, scaled_jpeg
@@ -42,10 +43,7 @@ CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
 
 CAMERA_MAX_AGE_S = 1.0  # /api/camera.jpg re-encodes at most this often, however many pages poll it
 CAMERA_WIDTH_PX = 640
-_ASSETS = {
-    "app.js": "text/javascript",
-    "style.css": "text/css",
-}
+_ASSETS = PAGE_ASSETS  # named in /openapi.json too
 # The page loads only its own files and talks only to its own origin (the WebSocket included).
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
