@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-
-import jwt
+from types import ModuleType
 
 from recyclex_edge.config.http import AuthConfig, Scope
 
@@ -65,12 +64,15 @@ class Authenticator:
         self._tokens = [(token.sha256, token.name, frozenset(token.scopes)) for token in config.tokens]
         self._jwt = config.jwt if config.jwt.configured else None
         self._scope_claim = config.scope_claim
-        if self._jwt is None:
-            self._jwt_key: str | None = None
-        elif self._jwt.secret is not None:
-            self._jwt_key = self._jwt.secret.get_secret_value()
-        else:
-            self._jwt_key = self._jwt.public_key
+        # PyJWT (and the cryptography it loads, ~10 MiB resident) only for a bin that accepts JWTs.
+        self._jwt_module: ModuleType | None = None
+        self._jwt_key: str | None = None
+        if self._jwt is not None:
+            import jwt
+
+            self._jwt_module = jwt
+            secret = self._jwt.secret
+            self._jwt_key = secret.get_secret_value() if secret is not None else self._jwt.public_key
 
     @property
     def has_credentials(self) -> bool:
@@ -102,7 +104,8 @@ class Authenticator:
         return found
 
     def _from_jwt(self, token: str) -> Identity:
-        assert self._jwt is not None and self._jwt_key is not None
+        assert self._jwt is not None and self._jwt_key is not None and self._jwt_module is not None
+        jwt = self._jwt_module
         try:
             claims = jwt.decode(
                 token,

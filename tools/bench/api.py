@@ -20,6 +20,7 @@ runs on the technician's laptop, is not counted). Their difference is what HTTP 
 
 Targets (issue 4): HTTP throughput at concurrency 4 >= 0.85 x in-process; HTTP p50 at concurrency 1
 within 3 ms of in-process p50; the server's RSS grows by at most 5% over 10,000 requests after warm-up.
+Target (issue 16): the daemon's peak RSS (VmHWM) over the whole run, concurrency 4 included, <= 128 MiB.
 """
 
 from __future__ import annotations
@@ -76,11 +77,12 @@ def free_port() -> int:
         return port
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of `pid` now (VmRSS), or its peak since it started (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 class InProcess:
@@ -246,6 +248,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 rss_before = rss_mib(daemon.pid)
                 soak_samples, soak_s = await sides["http"].run(args.rss_requests, 4, offset)
                 rss_after = rss_mib(daemon.pid)
+                rss_peak = rss_mib(daemon.pid, "VmHWM")
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)
@@ -274,12 +277,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "after_warmup_mib": round(rss_before, 1),
             "after_requests_mib": round(rss_after, 1),
             "growth_pct": round(rss_growth_pct, 2),
+            "peak_mib": round(rss_peak, 1),
             "soak": latency_summary(soak_samples, soak_s),
         },
         "targets": {
             "throughput_c4_ratio_at_least_0.85": throughput_ratio >= 0.85,
             "p50_c1_delta_at_most_3ms": p50_delta_ms <= 3.0,
             "rss_growth_at_most_5pct": rss_growth_pct <= 5.0,
+            "peak_rss_at_most_128mib": rss_peak <= 128.0,
         },
     }
 
