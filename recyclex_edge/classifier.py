@@ -86,12 +86,11 @@ class _Runner:
 
 
 def _load_runner(
-    interpreter_type: type[Any], model_path: Path, num_threads: int, card: ModelCard, content: bytes | None
+    interpreter_type: type[Any], model_path: Path, num_threads: int, card: ModelCard, content: bytes
 ) -> _Runner:
-    source = {"model_path": str(model_path)} if content is None else {"model_content": content}
     try:
         with runtime_chatter_filtered():
-            interpreter = interpreter_type(**source, num_threads=num_threads)
+            interpreter = interpreter_type(model_content=content, num_threads=num_threads)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError, SystemError) as exc:  # SystemError: tflite-runtime under numpy 2
         raise interpreter_error(interpreter_type, exc) or ModelError(
@@ -143,6 +142,13 @@ class Classifier:
             self.card = card
         interpreter_type, self.backend = interpreter_class()
         self.num_threads = num_threads
+        # One copy of the model's bytes for the whole pool: each interpreter given the path would map
+        # the file again, and every mapping counts in the process's resident memory.
+        if model_content is None:
+            try:
+                model_content = self.model_path.read_bytes()
+            except OSError as exc:
+                raise ModelError(f"model file {self.model_path} cannot be read: {exc.strerror}") from None
         runners = [
             _load_runner(interpreter_type, self.model_path, num_threads, self.card, model_content)
             for _ in range(pool_size)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 from aiohttp import web
@@ -47,13 +47,16 @@ from recyclex_edge.health import HealthRegistry, Status
 from recyclex_edge.history import History
 from recyclex_edge.housekeeping import check_disk, check_temperature
 from recyclex_edge.logs import flush_suppressed
-from recyclex_edge.mqtt import CommandHandler, MqttBridge
+from recyclex_edge.mqtt import CommandHandler
 from recyclex_edge.notify import Liveness, Notifier, watchdog_interval_s
 from recyclex_edge.outbox import Outbox
 from recyclex_edge.pipeline import LIVENESS_NAME, EventSink, Mode, SortingPipeline
 from recyclex_edge.registry.commands import model_commands
 from recyclex_edge.registry.service import ModelRegistry, Switch, open_classifier
 from recyclex_edge.sorter import Sorter, SorterError
+
+if TYPE_CHECKING:
+    from recyclex_edge.mqtt import MqttBridge
 
 log = logging.getLogger("recyclex_edge.daemon")
 
@@ -174,6 +177,8 @@ class Daemon:
                     critical=False,
                 )
             return
+        from recyclex_edge.mqtt import MqttBridge  # paho-mqtt only for a bin that publishes
+
         self.outbox = Outbox(
             Path(config.storage.state_dir) / "outbox.sqlite3",
             max_rows=config.storage.outbox.max_rows,
