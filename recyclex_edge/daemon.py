@@ -38,7 +38,7 @@ from recyclex_edge.bin_metrics import BinMetrics
 from recyclex_edge.camera import Camera, build_camera
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.config import Config
-from recyclex_edge.decision import ConfidencePolicy
+from recyclex_edge.decision import UNCERTAIN, ConfidencePolicy
 from recyclex_edge.detector import DepositDetector, build_detector
 from recyclex_edge.errors import RecycleXError
 from recyclex_edge.fieldlearning import FieldLearning
@@ -118,6 +118,7 @@ class Daemon:
         self.app: web.Application | None = None
         self.connection_guard: ConnectionGuard | None = None
         self.metrics: BinMetrics | None = None
+        self._fps_sample: tuple[float, int] | None = None  # (monotonic s, frames) at the last stats
         self._sinks: list[EventSink] = []
         # reload-model comes from MQTT's thread or the technician page; one at a time.
         self._reload_lock = threading.Lock()
@@ -242,12 +243,24 @@ class Daemon:
 
     # -- what dashboards see (called from MQTT threads: reads only) ------------------------------------
 
+    def categories(self) -> list[str]:
+        """Every category the bin counts: the model's labels, the configured bins, `uncertain`, and any
+        counted before (another model). Stable from the start, so dashboards have one entity each."""
+        names = {*self.config.sorter.bins, UNCERTAIN}
+        if self.classifier is not None:
+            names.update(self.classifier.labels)
+        if self.sorter is not None:
+            names.update(self.sorter.counts.categories)
+        return sorted(names)
+
     def state(self) -> dict[str, Any]:
-        """Mode, counters and fill levels: the retained MQTT state and the technician page."""
+        """Mode, counters (every category, 0 included) and fill levels: the retained MQTT state and the
+        technician page."""
         sorter = self.sorter
+        counted = sorter.counts.categories if sorter is not None else {}
         return {
             "mode": self.pipeline.mode.value if self.pipeline is not None else "idle",
-            "counters": dict(sorter.counts.categories) if sorter is not None else {},
+            "counters": {category: counted.get(category, 0) for category in self.categories()},
             "bins": dict(sorter.counts.bins) if sorter is not None else {},
             "fill_levels": sorter.fill_levels() if sorter is not None else {},
             "models": self.registry.state() if self.registry is not None else None,
@@ -267,10 +280,19 @@ class Daemon:
             "drift": bool(summary["drift"] and summary["drift"]["drifting"]),
         }
 
+    def _camera_fps(self, frames: int) -> float | None:
+        """Frames per second since the previous stats message (None for the first one)."""
+        now = time.monotonic()
+        previous, self._fps_sample = self._fps_sample, (now, frames)
+        if previous is None or now <= previous[0]:
+            return None
+        return round((frames - previous[1]) / (now - previous[0]), 2)
+
     def stats(self) -> dict[str, Any]:
         camera = self.camera.stats() if self.camera is not None else None
         recent_ms = self.pipeline.stats.inference_ms if self.pipeline is not None else []
         return {
+            "fps": self._camera_fps(camera.frames) if camera is not None else None,
             "frames": camera.frames if camera is not None else 0,
             "camera_reconnects": camera.reconnects if camera is not None else 0,
             "items": self.pipeline.stats.items if self.pipeline is not None else 0,
@@ -386,7 +408,7 @@ class Daemon:
             raise RecycleXError("the sorter is not available (see /health)")
         self.sorter.counts.reset()
         log.info("counters reset")
-        return {"counters": {}}
+        return {"counters": self.state()["counters"]}
 
     def _command_snapshot(self, arguments: dict[str, Any]) -> dict[str, Any]:
         frame = self.camera.latest() if self.camera is not None else None

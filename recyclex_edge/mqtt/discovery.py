@@ -2,8 +2,13 @@
 
 The entities read the retained `state` topic (last class and confidence, mode, status, one counter and one
 fill level per category the state reports) and send commands (a mode selector, one button per command
-without arguments). Categories come from the state at announcement time, so the message follows the
-model's labels and the bin's hardware instead of a list in code.
+without arguments). Categories come from the state, which lists every category the bin can count (the
+model's labels, its configured bins and `uncertain`) from the start, 0 included: the set of entities is
+the same on a fresh bin, after `reset-counters` and after the first item of a new category, so Home
+Assistant never has to remove one. Templates default to 0 (counters) or unknown (fill levels) anyway.
+
+Device discovery (`<prefix>/device/...`) needs Home Assistant 2024.11 or newer. Every component carries
+its own `qos`: Home Assistant ignores a root-level one.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ def discovery_payload(
 
     def add(key: str, platform: str, name: str, **options: Any) -> None:
         unique_id = f"{device_id}_{key}"
-        components[unique_id] = {"p": platform, "name": name, "unique_id": unique_id, **options}
+        components[unique_id] = {"p": platform, "name": name, "unique_id": unique_id, "qos": 1, **options}
 
     add(
         "last_class",
@@ -41,6 +46,7 @@ def discovery_payload(
         "sensor",
         "Last confidence",
         unit_of_measurement="%",
+        state_class="measurement",
         value_template=(
             "{{ (value_json.last_event.confidence * 100) | round(1) if value_json.last_event else None }}"
         ),
@@ -66,17 +72,19 @@ def discovery_payload(
         add(
             f"count_{category}",
             "sensor",
-            f"{category} items",
+            f"{_title(category)} items",
             state_class="total_increasing",
-            value_template=f"{{{{ value_json.counters[{category!r}] }}}}",
+            value_template=f"{{{{ value_json.counters[{category!r}] | default(0) }}}}",
         )
     for category in state.get("fill_levels", {}):
         add(
             f"fill_{category}",
             "sensor",
-            f"{category} fill level",
+            f"{_title(category)} fill level",
             unit_of_measurement="%",
-            value_template=f"{{{{ value_json.fill_levels[{category!r}] }}}}",
+            state_class="measurement",
+            # 'None' is Home Assistant's word for unknown: a sensor without a reading yet.
+            value_template=f"{{{{ value_json.fill_levels[{category!r}] | default(None) }}}}",
         )
     if "mode" in commands:
         add(
@@ -110,5 +118,8 @@ def discovery_payload(
         "cmps": components,
         "state_topic": topics.state,
         "availability_topic": topics.availability,
-        "qos": 1,
     }
+
+
+def _title(category: str) -> str:
+    return category.replace("_", " ").capitalize()
