@@ -160,13 +160,14 @@ class BinMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._health_metrics()
+        uncertain = GaugeMetricFamily(
+            "recyclex_uncertain_ratio",
+            f"Share of the last {UNCERTAIN_WINDOW_ITEMS} items (or fewer, since start) decided "
+            "'uncertain'; no sample before the first item.",
+        )
         if (ratio := self.uncertain_ratio()) is not None:
-            yield GaugeMetricFamily(
-                "recyclex_uncertain_ratio",
-                f"Share of the last {UNCERTAIN_WINDOW_ITEMS} items (or fewer, since start) decided "
-                "'uncertain'.",
-                value=ratio,
-            )
+            uncertain.add_metric([], ratio)
+        yield uncertain
         if self.detector is not None:
             yield CounterMetricFamily(
                 "recyclex_deposits", "Items that settled in the chute since start.", self.detector.deposits
@@ -204,15 +205,16 @@ class BinMetrics(Collector):
             yield CounterMetricFamily(
                 "recyclex_mqtt_reconnects", "Connections to the broker after the first.", self.mqtt.reconnects
             )
+        # Described even before the first reading (or on a board without a sensor): no sample then.
         vitals = self.vitals
+        disk = GaugeMetricFamily("recyclex_disk_free_bytes", "Free space in the state directory.")
         if vitals.disk_free_bytes is not None:
-            yield GaugeMetricFamily(
-                "recyclex_disk_free_bytes", "Free space in the state directory.", vitals.disk_free_bytes
-            )
+            disk.add_metric([], vitals.disk_free_bytes)
+        yield disk
+        soc = GaugeMetricFamily("recyclex_soc_temperature_celsius", "SoC temperature.")
         if vitals.soc_temperature_c is not None:
-            yield GaugeMetricFamily(
-                "recyclex_soc_temperature_celsius", "SoC temperature.", vitals.soc_temperature_c
-            )
+            soc.add_metric([], vitals.soc_temperature_c)
+        yield soc
 
     def _health_metrics(self) -> Iterator[Metric]:
         status = GaugeMetricFamily(
