@@ -116,6 +116,19 @@ async def test_jwts_signed_with_a_private_key_verify_with_the_configured_public_
     assert (await client.get("/metrics", headers=bearer(confused))).status == 401
 
 
+async def test_a_configured_audience_is_required_and_checked(api_client) -> None:
+    client = await api_client(
+        f"http.auth.jwt.secret={JWT_SECRET}", "http.auth.jwt.audience=bin-fleet-hall-3", classifier=None
+    )
+    right = _jwt(JWT_SECRET, "HS256", scope="admin", aud="bin-fleet-hall-3")
+    assert (await client.get("/metrics", headers=bearer(right))).status == 200
+    for_another = _jwt(JWT_SECRET, "HS256", scope="admin", aud="another-service")
+    response = await client.get("/metrics", headers=bearer(for_another))
+    assert response.status == 401 and "audience" in (await response.json())["error"].lower()
+    without = _jwt(JWT_SECRET, "HS256", scope="admin")
+    assert (await client.get("/metrics", headers=bearer(without))).status == 401, "aud is required then"
+
+
 async def test_auth_off_opens_everything_and_the_log_says_so_loudly(api_client, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="recyclex_edge.api"):
         client = await api_client("http.auth.enabled=false", classifier=None)

@@ -78,6 +78,18 @@ async def test_the_config_threshold_overrides_the_cards(api_client) -> None:
     assert body["decision"] == body["class"], "every top class clears a 1% threshold"
 
 
+async def test_a_per_class_threshold_from_the_config_reaches_the_decision(api_client) -> None:
+    """decision.class_thresholds goes config -> ConfidencePolicy.for_model -> the answer."""
+    photo = photo_bytes("glass")
+    plain = await api_client("decision.threshold=0.5")
+    body = await (await plain.post("/predict/image", data=photo, headers=raw("image/jpeg"))).json()
+    assert body["class"] == "glass" and 0.5 <= body["confidence"] < 0.999999
+    assert body["decision"] == "glass"
+    strict = await api_client("decision.threshold=0.5", "decision.class_thresholds.glass=0.999999")
+    body = await (await strict.post("/predict/image", data=photo, headers=raw("image/jpeg"))).json()
+    assert body["class"] == "glass" and body["decision"] == "uncertain", "glass needs 0.999999 here"
+
+
 async def test_the_same_bytes_are_answered_from_the_cache(api_client, openapi_validator) -> None:
     client = await api_client()
     data = photo_bytes("cardboard")

@@ -93,3 +93,16 @@ async def test_switching_rate_limiting_off_is_logged_loudly(api_client, caplog) 
         client = await api_client("http.rate_limit.other=1/minute", classifier=None)
     assert [(await client.get("/health")).status for _ in range(3)] == [503, 503, 503]
     assert any("RATE LIMITING IS OFF" in record.getMessage() for record in caplog.records)
+
+
+def test_a_long_idle_client_gets_its_burst_and_no_more() -> None:
+    """The refill is capped at the bucket's capacity: an hour of silence is not an hour of requests."""
+    clock = FakeClock()
+    limiter = RateLimiter({"image": (10, 60.0)}, max_clients=100, clock=clock)
+    limiter.retry_after_s("a", "image")
+    clock.now_s += 3600.0
+    allowed = [limiter.retry_after_s("a", "image") for _ in range(11)]
+    assert allowed[:10] == [0] * 10 and allowed[10] > 0
+    bucket = TokenBucket(5, 5, clock)
+    clock.now_s += 1000.0
+    assert [bucket.take() for _ in range(6)][-1] > 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from gpiozero import OutputDevice
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from recyclex_edge.config.sorter import SorterConfig
 from recyclex_edge.gpio import make_pin_factory
@@ -361,3 +361,55 @@ def test_flaps_only_sorter_without_a_servo(make_sorter: Any, pin_factory: MockFa
     assert result.outcome is SortOutcome.SORTED and result.bin == "trash"
     assert states(pin_factory, 23) == [0.0, 1.0] and states(pin_factory, 24) == [0.0, 1.0, 0.0, 1.0]
     assert SERVO_PIN not in [info.name for info in pin_factory.pins]
+
+
+def test_a_hatch_opened_during_the_move_keeps_the_flap_shut(
+    make_sorter: Any, pin_factory: MockFactory
+) -> None:
+    """The move was cut short by the hatch: the flap must not open afterwards, not even for an instant."""
+    hatch = pin_factory.pin(INTERLOCK_PIN)
+    sorter = make_sorter(interlocked(move_s=5.0))
+    hatch.drive_low()  # closed
+    pin_factory.pin(SERVO_PIN).clear_states()
+    thread, results = sort_in_background(sorter, "glass")
+    wait_until(
+        lambda: pytest.approx(duty(45.0)) in states(pin_factory, SERVO_PIN), what="the move toward glass"
+    )
+    hatch.drive_high()  # opened during the 5 s move, before the flap's turn
+    thread.join(timeout=2.0)
+
+    assert results[0].outcome is SortOutcome.BLOCKED
+    assert states(pin_factory, RELAYS["glass"]) == [0.0], "the glass flap never opened"
+    assert all(not pin_factory.pin(pin).state for pin in RELAYS.values())
+
+
+class FlakyPWMPin(MockPWMPin):
+    """A pin whose driver fails once when told to (a GPIO expander's bus hiccup, say)."""
+
+    fail_next_write = False
+
+    def _set_state(self, value: float) -> None:
+        if self.fail_next_write:
+            self.fail_next_write = False
+            raise OSError("GPIO write failed (simulated bus error)")
+        super()._set_state(value)
+
+
+def test_a_gpio_error_mid_sort_still_ends_with_every_flap_shut(
+    make_sorter: Any, pin_factory: MockFactory, health: HealthRegistry
+) -> None:
+    """The safe state after a fault turns the relays off itself: here the sequence's own 'all flaps off'
+    fails at the first relay, while the glass flap is open."""
+    flaky = pin_factory.pin(RELAYS["cardboard"], pin_class=FlakyPWMPin)
+    sorter = make_sorter()
+    glass = pin_factory.pin(RELAYS["glass"])
+    thread, results = sort_in_background(sorter, "glass")
+    wait_until(lambda: glass.state, what="the glass flap to open")
+    flaky.fail_next_write = True
+    thread.join(timeout=2.0)
+
+    assert results[0].outcome is SortOutcome.FAULT
+    assert not glass.state, "the glass flap was closed by the safe state"
+    assert all(not pin_factory.pin(pin).state for pin in RELAYS.values())
+    assert health.snapshot()["sorter"].status is Status.FAILING
+    assert float(pin_factory.pin(SERVO_PIN).state) == 0.0, "home and detached"

@@ -177,3 +177,52 @@ def test_a_closed_outbox_does_not_open_its_file_again(tmp_path: Path) -> None:
     (tmp_path / "volume").mkdir()
     fill(outbox, 1)  # a late event from a stage still stopping
     assert not outbox.durable and not (tmp_path / "volume" / "outbox.sqlite3").exists()
+
+
+def test_an_acknowledgement_out_of_order_removes_that_row_only(tmp_path: Path) -> None:
+    """PUBACKs may come in any order (QoS 1 with several in flight): acking a later row must not take
+    the earlier, still unacknowledged ones with it."""
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path, max_rows=1000, max_bytes=1 << 20)
+    ids = fill(outbox, 5)
+    rows = outbox.pending(0, 5)
+    outbox.ack([rows[3]])
+    assert queued_ids(outbox) == [ids[0], ids[1], ids[2], ids[4]]
+    assert outbox.depth == 4 and outbox.size_bytes == 400
+    outbox.close()
+    assert queued_ids(Outbox(path, max_rows=1000, max_bytes=1 << 20)) == [ids[0], ids[1], ids[2], ids[4]]
+
+
+def test_the_oldest_age_follows_the_oldest_unacknowledged_row(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path, max_rows=1000, max_bytes=1 << 20)
+    assert outbox.oldest_age_s == 0
+    fill(outbox, 3)
+    with sqlite3.connect(path) as db:  # as if the first row had waited 600 s, the second 300 s
+        db.execute("UPDATE events SET queued_at = queued_at - 600 WHERE seq = 1")
+        db.execute("UPDATE events SET queued_at = queued_at - 300 WHERE seq = 2")
+    outbox.close()
+    outbox = Outbox(path, max_rows=1000, max_bytes=1 << 20)
+    assert 600 <= outbox.oldest_age_s < 660, "kept across a restart"
+    rows = outbox.pending(0, 3)
+    outbox.ack([rows[1]])
+    assert 600 <= outbox.oldest_age_s < 660, "the oldest is still waiting"
+    outbox.ack([rows[0]])
+    assert outbox.oldest_age_s < 60
+    outbox.ack([rows[2]])
+    assert outbox.oldest_age_s == 0
+
+
+def test_a_file_from_before_the_queued_at_column_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, payload BLOB NOT NULL,"
+            " size_bytes INTEGER NOT NULL);"
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+            "INSERT INTO events VALUES (1, 'old', x'6f6c64', 3);"
+        )
+    outbox = Outbox(path, max_rows=1000, max_bytes=1 << 20)
+    assert 0 <= outbox.oldest_age_s < 60, "its age counts from when this outbox opened it"
+    fill(outbox, 1, start=7)
+    assert queued_ids(outbox) == ["old", "e00007"]
