@@ -12,7 +12,16 @@ import pytest
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.model_card import SHIPPED_MODEL
 
-DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "trashnet"
+
+def _shared() -> Path:
+    """`../shared` beside the checkout; from a copy inside it (mutmut's `mutants/`), the nearest above."""
+    for folder in Path(__file__).resolve().parents[1:]:
+        if (folder.parent / "shared" / "datasets").is_dir():
+            return folder.parent / "shared"
+    return Path(__file__).resolve().parents[1].parent / "shared"
+
+
+DATASET = _shared() / "datasets" / "trashnet"
 VAL = DATASET / "val"
 # Photos from another source (glass, metal, plastic): how the model holds up off TrashNet's board.
 DEV = DATASET.parent / "drinking-waste-dev"

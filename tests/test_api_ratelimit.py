@@ -106,3 +106,10 @@ def test_a_long_idle_client_gets_its_burst_and_no_more() -> None:
     bucket = TokenBucket(5, 5, clock)
     clock.now_s += 1000.0
     assert [bucket.take() for _ in range(6)][-1] > 0
+
+
+def test_a_wait_under_a_second_is_still_a_refusal() -> None:
+    """At 2/second the third request waits 0.5 s: refused with Retry-After 1, never let through as 0."""
+    clock = FakeClock()
+    limiter = RateLimiter({"fast": (2, 1.0)}, max_clients=10, clock=clock)
+    assert [limiter.retry_after_s("a", "fast") for _ in range(3)] == [0, 0, 1]
