@@ -24,9 +24,10 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
-# Answers any operation can give, whatever it does: the HTTP layer, the middlewares (rate limit,
-# deadline) and the error handler. One place to extend when a new cap answers (e.g. 408, 431).
-TRANSPORT_ERRORS: dict[int, str] = {
+# Answers any routed operation can give, whatever it does: the middlewares (rate limit, deadline) and
+# the error handler. Those given before a route runs (the connection guard, aiohttp's parser) are
+# errors.TRANSPORT_ERRORS; both are listed on every operation, so each cap is named in one place.
+ROUTE_ERRORS: dict[int, str] = {
     400: "the request is malformed (headers, query or body); the message says what",
     429: "too many requests from this client (http.rate_limit); see Retry-After",
     500: "an unexpected error, logged on the bin",
@@ -42,15 +43,19 @@ def _responses(ok: dict[str, Any], errors: dict[int, str] | None = None, *, auth
 
     `auth`: "none" (always public), "token" (any valid token, or public by config), "scope" (a scope).
     """
-    answers: dict[int, str] = dict(TRANSPORT_ERRORS)
+    answers: dict[int, list[str]] = {}
+    sources = [TRANSPORT_ERRORS, ROUTE_ERRORS]
     if auth in ("token", "scope"):
-        answers |= AUTH_ERRORS
+        sources.append(AUTH_ERRORS)
     if auth == "scope":
-        answers |= SCOPE_ERRORS
-    answers |= errors or {}
+        sources.append(SCOPE_ERRORS)
+    sources.append(errors or {})
+    for source in sources:
+        for status, description in source.items():
+            answers.setdefault(status, []).append(description)
     responses = dict(ok)
-    for status, description in sorted(answers.items()):
-        responses.setdefault(str(status), _error(description))
+    for status, descriptions in sorted(answers.items()):
+        responses.setdefault(str(status), _error("; or ".join(descriptions)))
     return responses
 
 
@@ -641,14 +646,3 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
-
-
-def _add_transport_errors(document: dict[str, Any]) -> None:
-    """Every operation may be refused before its route runs (see errors.TRANSPORT_ERRORS)."""
-    for operations in document["paths"].values():
-        for operation in operations.values():
-            for status, why in TRANSPORT_ERRORS.items():
-                operation["responses"].setdefault(str(status), _json(_ref("Error"), why))
-
-
-_add_transport_errors(OPENAPI)
