@@ -41,6 +41,8 @@ async def test_schemathesis_finds_nothing_against_the_running_bin(
     base = f"http://127.0.0.1:{daemon.config.http.port}"
     process = await asyncio.create_subprocess_exec(
         str(SCHEMATHESIS),
+        "--config-file",
+        str(REPO / "tests" / "schemathesis.toml"),
         "run",
         f"{base}/openapi.json",
         "--header",

@@ -7,6 +7,7 @@ from typing import Any
 
 from recyclex_edge import __version__
 from recyclex_edge.api.errors import TRANSPORT_ERRORS
+from recyclex_edge.api.uploads import UploadKind
 
 # The technician page's own files (recyclex_edge/web); recyclex_edge.api.page serves these.
 PAGE_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -230,8 +231,11 @@ def _upload_body(media_types: list[str], what: str) -> dict[str, Any]:
                     "type": "object",
                     "required": ["file"],
                     "properties": {"file": part},
-                    # Other fields are skipped; their names must be plain tokens for the form to parse.
+                    # Other fields are skipped: plain-token names, one part each (no arrays), and fewer
+                    # than UploadKind.max_parts of them before the file (each costs a parser pass).
                     "propertyNames": {"pattern": "^[A-Za-z0-9_.-]+$"},
+                    "additionalProperties": {"not": {"type": "array"}},
+                    "maxProperties": UploadKind.max_parts,
                 },
                 "encoding": {"file": {"contentType": ", ".join(media_types)}},
             },
