@@ -513,7 +513,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Every model version, the watch, the shadow run, the last rollback, the audit log",
                 "security": [{"bearer": ["admin"]}],
-                "responses": {"200": _json(_ref("Models"), "the registry"), "default": _ERROR},
+                "responses": _responses({"200": _json(_ref("Models"), "the registry")}, auth="scope"),
             },
             "post": {
                 "summary": "Install a signed model package (recyclex-edge model pack) and activate it",
@@ -536,14 +536,19 @@ OPENAPI: dict[str, Any] = {
                         },
                     },
                 },
-                "responses": {
-                    "200": _json(_ref("ModelResult"), "installed"),
-                    "400": _json(
-                        _ref("Error"), "not a valid package: truncated, tampered, unsigned, untrusted"
-                    ),
-                    "409": _json(_ref("Error"), "refused: does not load, other labels, busy ..."),
-                    "default": _ERROR,
-                },
+                "responses": _responses(
+                    {"200": _json(_ref("ModelResult"), "installed")},
+                    {
+                        400: "not a valid package (truncated, tampered, unsigned, untrusted), a bad "
+                        "?shadow=, or a malformed upload",
+                        408: "the upload came in too slowly (http.read_timeout_s)",
+                        409: "refused: does not load, other labels, busy ...",
+                        413: "the package is larger than model.max_package_bytes",
+                        415: "not application/octet-stream or a multipart form",
+                        503: "another package is being transferred; see Retry-After",
+                    },
+                    auth="scope",
+                ),
             },
         },
         "/api/models/{version}/activate": {
@@ -553,14 +558,22 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [
                     {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
-                "responses": {"200": _json(_ref("ModelResult"), "active"), "default": _ERROR},
+                "responses": _responses(
+                    {"200": _json(_ref("ModelResult"), "active")},
+                    {409: "refused: no such version, does not load, other labels, busy ..."},
+                    auth="scope",
+                ),
             }
         },
         "/api/models/rollback": {
             "post": {
                 "summary": "Go back to the version active before this one",
                 "security": [{"bearer": ["admin"]}],
-                "responses": {"200": _json(_ref("ModelResult"), "rolled back"), "default": _ERROR},
+                "responses": _responses(
+                    {"200": _json(_ref("ModelResult"), "rolled back")},
+                    {409: "refused: nothing to roll back to, does not load, busy ..."},
+                    auth="scope",
+                ),
             }
         },
         "/api/models/{version}": {
@@ -570,7 +583,11 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [
                     {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
-                "responses": {"200": _json(_ref("ModelResult"), "removed"), "default": _ERROR},
+                "responses": _responses(
+                    {"200": _json(_ref("ModelResult"), "removed")},
+                    {409: "refused: no such version, or it is active"},
+                    auth="scope",
+                ),
             }
         },
         # The Review view's API (recyclex_edge/api/review.py): field learning.
@@ -600,7 +617,14 @@ OPENAPI: dict[str, Any] = {
                         "description": "Page on: items older than this id.",
                     },
                 ],
-                "responses": {"200": _json(_ref("Captures"), "items and counts"), "default": _ERROR},
+                "responses": _responses(
+                    {"200": _json(_ref("Captures"), "items and counts")},
+                    {
+                        400: "a bad query parameter",
+                        503: "field learning is not available (see the capture component in /health)",
+                    },
+                    auth="scope",
+                ),
             }
         },
         "/api/captures/{event_id}/image.jpg": {
@@ -610,10 +634,14 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [
                     {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
-                "responses": {
-                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
-                    "default": _ERROR,
-                },
+                "responses": _responses(
+                    {"200": {"description": "JPEG", "content": {"image/jpeg": {}}}},
+                    {
+                        404: "no such captured item",
+                        503: "field learning is not available (see the capture component in /health)",
+                    },
+                    auth="scope",
+                ),
             }
         },
         "/api/captures/{event_id}/label": {
@@ -636,7 +664,17 @@ OPENAPI: dict[str, Any] = {
                         }
                     },
                 },
-                "responses": {"200": _json(_ref("CapturedItem"), "the item as labelled"), "default": _ERROR},
+                "responses": _responses(
+                    {"200": _json(_ref("CapturedItem"), "the item as labelled")},
+                    {
+                        400: "the body is not {\"label\": <a label, 'none' or null>}",
+                        404: "no such captured item",
+                        413: "the body is larger than a label needs",
+                        415: "the body is not application/json",
+                        503: "field learning is not available (see the capture component in /health)",
+                    },
+                    auth="scope",
+                ),
             }
         },
         "/openapi.json": {
