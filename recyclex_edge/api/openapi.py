@@ -530,9 +530,13 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/octet-stream": {"schema": {"type": "string"}},
+                        "application/octet-stream": {"schema": {"type": "string", "minLength": 1}},
                         "multipart/form-data": {
-                            "schema": {"type": "object", "properties": {"file": {"type": "string"}}}
+                            "schema": {
+                                "type": "object",
+                                "required": ["file"],
+                                "properties": {"file": {"type": "string", "minLength": 1}},
+                            }
                         },
                     },
                 },
@@ -659,7 +663,7 @@ OPENAPI: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["label"],
                                 "additionalProperties": False,
-                                "properties": {"label": {"type": ["string", "null"]}},
+                                "properties": {"label": {"type": ["string", "null"], "minLength": 1}},
                             }
                         }
                     },
