@@ -537,6 +537,7 @@ class Daemon:
         add_model_routes(self.app, self.registry)
         add_review_api(self.app, self.site)
         self.app[METRICS].watch_drift(self.site.drift_state)
+        self.app[METRICS].watch_adaptation(self.site.adaptation_id)
         self._start_mqtt()
         self.site.on_change = lambda: self.mqtt.state_changed() if self.mqtt is not None else None
         self.site.on_label = self.registry.observe_label  # a shadow run's accuracy on labelled items

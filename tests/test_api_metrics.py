@@ -54,7 +54,7 @@ async def test_metrics_count_what_happened(api_client, shipped_classifier) -> No
     )
     assert value(metrics, "recyclex_cache_lookups_total", result="miss") == 1
     card = shipped_classifier.card
-    model = {"name": card.name, "version": card.version, "sha256": card.sha256}
+    model = {"name": card.name, "version": card.version, "sha256": card.sha256, "adaptation": "none"}
     assert value(metrics, "recyclex_model_info", **model) == 1
     assert value(metrics, "process_resident_memory_bytes") > 0
     assert any(name == "python_info" for name, _ in metrics)

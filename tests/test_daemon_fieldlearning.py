@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from prometheus_client.parser import text_string_to_metric_families
 
+from recyclex_edge.api import METRICS
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.daemon import Daemon
 from recyclex_edge.fieldlearning import FieldLearning
@@ -65,6 +67,9 @@ async def test_the_bin_uses_its_site_adaptation_keeps_items_and_takes_labels_ove
             assert abs(sum(event["probabilities"].values()) - 1) < 1e-3
         health = daemon.health.snapshot()
         assert adaptation_id in health["adaptation"].detail and "15 labelled" in health["adaptation"].detail
+        scraped = text_string_to_metric_families(daemon.app[METRICS].render().decode())
+        info = [s for family in scraped for s in family.samples if s.name == "recyclex_model_info"]
+        assert [s.labels["adaptation"] for s in info] == [adaptation_id]
 
         site = daemon.site
         assert site is not None and site.store is not None

@@ -5,7 +5,7 @@ A registry per app keeps tests (and any second app in the process) from collidin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -13,17 +13,40 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import InfoMetricFamily
 
 from recyclex_edge.fieldlearning import DriftState
 from recyclex_edge.model_card import ModelCard
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _INFERENCE_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class _ModelInfo:
+    """recyclex_model_info: the model in use and the site adaptation applied to it ("none" without one).
+
+    A collector rather than an Info so the adaptation, which a refit may change at any time, is read when
+    scraped instead of pushed from the refit thread.
+    """
+
+    def __init__(self) -> None:
+        self.card: ModelCard | None = None
+        self.adaptation_id: Callable[[], str | None] = lambda: None
+
+    def collect(self) -> Iterator[InfoMetricFamily]:
+        card = self.card
+        if card is None:
+            return
+        family = InfoMetricFamily(
+            "recyclex_model", "The loaded model, and the site adaptation applied to it."
+        )
+        labels = {"name": card.name, "version": card.version, "sha256": card.sha256}
+        family.add_metric([], {**labels, "adaptation": self.adaptation_id() or "none"})
+        yield family
 
 
 class Metrics:
@@ -84,7 +107,12 @@ class Metrics:
             registry=self.registry,
         )
         # Empty until a model is loaded: the inference service names it (again on reload-model).
-        self._model = Info("recyclex_model", "The loaded model.", registry=self.registry)
+        self._model = _ModelInfo()
+        self.registry.register(self._model)
+
+    def watch_adaptation(self, adaptation_id: Callable[[], str | None]) -> None:
+        """recyclex_model_info's `adaptation` label: the site adaptation in use, read at each scrape."""
+        self._model.adaptation_id = adaptation_id
 
     def watch_drift(self, state: Callable[[], DriftState | None]) -> None:
         """Drift gauges read from the field-learning drift watch at each scrape."""
@@ -120,8 +148,7 @@ class Metrics:
         recyclex_model_info's labels are built here alone: site learning adds its `adaptation` (which
         adaptation of the model is applied, "none" without one) as one more key of this dict.
         """
-        labels = {"name": card.name, "version": card.version, "sha256": card.sha256}
-        self._model.info(labels)
+        self._model.card = card
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

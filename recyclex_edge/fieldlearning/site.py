@@ -236,6 +236,11 @@ class FieldLearning:
     def adaptation(self) -> Adaptation | None:
         return self._adaptation
 
+    def adaptation_id(self) -> str | None:
+        """The id of the adaptation in use, or None (for /metrics, read at each scrape)."""
+        adaptation = self._adaptation
+        return adaptation.id if adaptation is not None else None
+
     def adapt(self, verdict: Verdict) -> Judgement:
         """The verdict with the site adaptation applied (when there is one) and the policy to decide by."""
         with self._lock:
