@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from support import free_port, rss_mib
 
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.imaging import decode_image
@@ -68,21 +68,6 @@ def latency_summary(samples_ms: list[float], elapsed_s: float) -> dict[str, floa
         "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))], 3),
         "throughput_rps": round(len(ordered) / elapsed_s, 2),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory of `pid` now (VmRSS), or its peak since it started (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 class InProcess:

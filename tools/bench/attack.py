@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import resource
-import socket
 import statistics
 import struct
 import subprocess
@@ -39,26 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from support import free_port, rss_mib
 
 REPO = Path(__file__).resolve().parents[2]
 VAL = REPO.parent / "shared" / "datasets" / "trashnet" / "val"
 TOKENS = {name: f"bench-{name}-token-{'x' * 24}" for name in ("watcher", "bomber", "parts")}
 FORGED = "2026-01-01 00:00:00,000 INFO recyclex_edge.api.access: method=POST path=/api/commands/reset"
 PROBE_TIMEOUT_S = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:

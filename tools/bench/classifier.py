@@ -19,18 +19,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from support import rss_mib
 
 from recyclex_edge.classifier import Classifier
 from recyclex_edge.imaging import decode_image
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def summary(samples: list[float]) -> dict[str, float]:

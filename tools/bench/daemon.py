@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from support import free_port, rss_mib
 
 from recyclex_edge.api import EVENTS
 from recyclex_edge.config import load_config
@@ -28,20 +29,6 @@ from recyclex_edge.daemon import Daemon
 
 REPO = Path(__file__).resolve().parents[2]
 VAL = REPO.parent / "shared" / "datasets" / "trashnet" / "val"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def percentile(values: list[float], fraction: float) -> float:

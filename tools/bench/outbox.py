@@ -30,6 +30,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from support import free_port
 
 from recyclex_edge.config import MqttConfig
 from recyclex_edge.health import HealthRegistry
@@ -38,13 +39,6 @@ from recyclex_edge.outbox import Outbox
 
 DEVICE_ID = "bench"
 TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
