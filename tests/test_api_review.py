@@ -95,6 +95,8 @@ async def test_image_and_label_and_undo(review, openapi_validator) -> None:
         ("/api/captures", "get", None, API_AUTH, 403, "'label' scope"),
         ("/api/captures?labelled=maybe", "get", None, LABEL_AUTH, 400, "labelled must be"),
         ("/api/captures?limit=0", "get", None, LABEL_AUTH, 400, "limit must be"),
+        ("/api/captures?labelled=true&labelled=false", "get", None, LABEL_AUTH, 400, "give labelled once"),
+        ("/api/captures?before=a&before=b", "get", None, LABEL_AUTH, 400, "give before once"),
         ("/api/captures/01NOSUCH/image.jpg", "get", None, LABEL_AUTH, 404, "no captured item"),
         ("/api/captures/01NOSUCH/label", "put", {"label": "glass"}, LABEL_AUTH, 404, "no captured item"),
         (

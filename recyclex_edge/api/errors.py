@@ -46,6 +46,14 @@ def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 
+def query_value(request: web.Request, name: str) -> str | None:
+    """The query parameter `name`, or None when absent; each is singular, so one given twice is a 400."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise ApiError(400, f"give {clip(name, 40)} once (it came {len(values)} times)", reason="bad_query")
+    return values[0] if values else None
+
+
 # Set on the request when an ApiError answered it, for the `rejected` metric.
 REJECTED_REASON = web.RequestKey("rejected_reason", str)
 

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from recyclex_edge.api.auth import RoutePolicy
-from recyclex_edge.api.errors import ApiError
+from recyclex_edge.api.errors import ApiError, query_value
 from recyclex_edge.api.keys import CLIENT, CONFIG, IDENTITY, ROUTE_POLICIES
 from recyclex_edge.api.uploads import MemorySink, UploadKind, receive_upload
 from recyclex_edge.errors import PackageError, RegistryError
@@ -62,7 +62,8 @@ def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
 
     @routes.post("/api/models")
     async def upload(request: web.Request) -> web.Response:
-        shadow = request.query.get("shadow", "false").lower()
+        given = query_value(request, "shadow")
+        shadow = "false" if given is None else given.lower()
         if shadow not in ("true", "false", "1", "0"):
             raise ApiError(400, f"shadow must be true or false (got {shadow!r})", reason="bad_query")
         # One package in memory at a time, uploaded or downloaded (up to model.max_package_bytes, held

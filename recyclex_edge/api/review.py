@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from recyclex_edge.api.auth import RoutePolicy
-from recyclex_edge.api.errors import ApiError
+from recyclex_edge.api.errors import ApiError, query_value
 from recyclex_edge.api.keys import CLIENT, IDENTITY, ROUTE_POLICIES
 from recyclex_edge.errors import RecycleXError
 from recyclex_edge.fieldlearning import CaptureError, FieldLearning
@@ -27,7 +27,7 @@ _MAX_BODY_BYTES = 1024
 
 
 def _flag(request: web.Request, name: str) -> bool | None:
-    value = request.query.get(name)
+    value = query_value(request, name)
     if value is None or value == "":
         return None
     if value in ("true", "false"):
@@ -36,7 +36,8 @@ def _flag(request: web.Request, name: str) -> bool | None:
 
 
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
+    raw = query_value(request, "limit")
+    raw = "50" if raw is None else raw
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(
             400, f"limit must be a whole number from 1 to {MAX_LIMIT} (got {raw!r})", reason="bad_query"
@@ -77,7 +78,7 @@ def add_review_api(app: web.Application, site: FieldLearning) -> None:
     @routes.get("/api/captures")
     async def captures(request: web.Request) -> web.Response:
         labelled, limit = _flag(request, "labelled"), _limit(request)
-        before = request.query.get("before") or None
+        before = query_value(request, "before") or None
         store = site.store
 
         def read() -> dict[str, Any]:

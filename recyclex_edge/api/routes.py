@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from recyclex_edge import __version__
-from recyclex_edge.api.errors import ApiError, clip
+from recyclex_edge.api.errors import ApiError, clip, query_value
 from recyclex_edge.api.inference import InferenceService
 from recyclex_edge.api.keys import (
     CLASSIFIER,
@@ -117,7 +117,7 @@ async def predict_image(request: web.Request) -> web.Response:
 
 def _sample_fps(request: web.Request) -> float:
     config = request.app[CONFIG].http
-    raw = request.query.get("fps")
+    raw = query_value(request, "fps")
     if raw is None:
         return config.video_fps_default
     try:

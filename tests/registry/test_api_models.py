@@ -64,6 +64,8 @@ async def test_uploads_are_checked_before_the_registry_sees_them(api_client: Any
         assert response.status == status and message in (await response.json())["error"]
     response = await client.post("/api/models?shadow=maybe", data=b"RXMODEL1", headers=octets)
     assert response.status == 400 and "shadow must be true or false" in (await response.json())["error"]
+    response = await client.post("/api/models?shadow=true&shadow=false", data=b"RXMODEL1", headers=octets)
+    assert response.status == 400 and "give shadow once" in (await response.json())["error"]
     response = await client.post("/api/models", data=b"RXMODEL1", headers=octets)
     body = await response.json()
     assert response.status == 400 and "truncated" in body["error"]
@@ -84,3 +86,4 @@ async def test_one_package_at_a_time(api_client: Any) -> None:
             registry.install_from_url("http://127.0.0.1:9/x.rxm", "0" * 64, who="mqtt", shadow=False)
     response = await client.post("/api/models", data=b"RXMODEL1", headers=octets)
     assert response.status == 400, "free again"
+
