@@ -92,7 +92,9 @@ def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
     async def activate(request: web.Request) -> web.Response:
         return await _run(registry.activate, request.match_info["version"], who=_who(request))
 
-    @routes.delete("/api/models/{version}")
+    # 'rollback' is not a version: without the exclusion this route also matches /api/models/rollback,
+    # and a wrong method there would be answered 405 with "Allow: DELETE, POST".
+    @routes.delete("/api/models/{version:(?!rollback$)[^/]+}")
     async def remove(request: web.Request) -> web.Response:
         return await _run(registry.remove, request.match_info["version"], who=_who(request))
 

@@ -87,3 +87,16 @@ async def test_one_package_at_a_time(api_client: Any) -> None:
     response = await client.post("/api/models", data=b"RXMODEL1", headers=octets)
     assert response.status == 400, "free again"
 
+
+async def test_a_wrong_method_is_told_the_methods_of_that_path(api_client: Any) -> None:
+    """'rollback' is not a version: DELETE /api/models/{version} must not claim /api/models/rollback."""
+    client = await api_client(classifier=None, customise=with_models)
+    for method, path, allowed in [
+        ("OPTIONS", "/api/models/rollback", "POST"),
+        ("DELETE", "/api/models/rollback", "POST"),
+        ("PUT", "/api/models/7.2.0", "DELETE"),
+    ]:
+        response = await client.request(method, path, headers=API_ADMIN_AUTH)
+        assert response.status == 405, (method, path)
+        assert response.headers["Allow"] == allowed, (method, path)
+        assert set(await response.json()) == {"error", "code", "timestamp"}
