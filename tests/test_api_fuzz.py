@@ -63,13 +63,6 @@ async def test_schemathesis_finds_nothing_against_the_running_bin(
         # The WebSocket endpoint is not plain HTTP; its refusals are covered by tests/test_api_live.py.
         "--exclude-path",
         "/predict/live",
-        # Not yet: the model registry's and the Review API's operations (issues 15 and 14). Run against
-        # them, schemathesis finds: repeated ?labelled= accepted on GET /api/captures; OPTIONS on
-        # /api/models/rollback answered with Allow: DELETE, POST (the /api/models/{version} route
-        # matches 'rollback'); random bytes uploaded as a package answered 415 (it would need a hook
-        # that makes signed packages, as tests/schemathesis_hooks.py makes photos).
-        "--exclude-path-regex",
-        "^/api/(models|captures)",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=tmp_path,

@@ -527,19 +527,9 @@ OPENAPI: dict[str, Any] = {
                         "description": "true: run it beside the active model as a shadow instead.",
                     }
                 ],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/octet-stream": {"schema": {"type": "string", "minLength": 1}},
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["file"],
-                                "properties": {"file": {"type": "string", "minLength": 1}},
-                            }
-                        },
-                    },
-                },
+                "requestBody": _upload_body(
+                    ["application/octet-stream"], "a signed RecycleX model package (recyclex-edge model pack)"
+                ),
                 "responses": _responses(
                     {"200": _json(_ref("ModelResult"), "installed")},
                     {
@@ -548,7 +538,8 @@ OPENAPI: dict[str, Any] = {
                         408: "the upload came in too slowly (http.read_timeout_s)",
                         409: "refused: does not load, other labels, busy ...",
                         413: "the package is larger than model.max_package_bytes",
-                        415: "not application/octet-stream or a multipart form",
+                        415: "not application/octet-stream or a multipart form, or not a package (by "
+                        "its first bytes)",
                         503: "another package is being transferred; see Retry-After",
                     },
                     auth="scope",
@@ -671,7 +662,8 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses(
                     {"200": _json(_ref("CapturedItem"), "the item as labelled")},
                     {
-                        400: "the body is not {\"label\": <a label, 'none' or null>}",
+                        400: "the body is not {\"label\": <one of the active model's labels, 'none' "
+                        "or null>}",
                         404: "no such captured item",
                         413: "the body is larger than a label needs",
                         415: "the body is not application/json",
