@@ -27,8 +27,15 @@ def calibration_images(train_split: data.Split, size_wh: tuple[int, int], seed: 
         indices = np.flatnonzero(train_split.labels == label)
         chosen += list(rng.choice(indices, size=min(per_class, len(indices)), replace=False))
     images = data.load_images([train_split.paths[i] for i in sorted(chosen)], size_wh, "calibration")
-    # White-background photos may never contain a 0 pixel; pin the observed input range to the full
-    # 0..255 so the converter picks scale 1 / zero point 0 (two pixels barely move any activation).
+    return pin_input_range(images)
+
+
+def pin_input_range(images: np.ndarray) -> np.ndarray:
+    """Calibration images with the observed input range pinned to the full 0..255 (in place).
+
+    White-background photos may never contain a 0 pixel; with the range pinned the converter picks
+    scale 1 / zero point 0 for the input (two pixels barely move any activation).
+    """
     images[0, 0, 0] = 0
     images[0, 0, 1] = 255
     return images

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import bin_scenes
+import convert
 import cv2
 import data
 import keras
@@ -205,15 +206,17 @@ def train(
         }
         epochs.append(record)
         print(record)
-    history["fine_tune"] = epochs
     tuned_weights = _top_weights(top)
+
+    def blend(alpha: float) -> None:
+        top.set_weights(
+            [(1 - alpha) * p + alpha * t for p, t in zip(probe_weights, tuned_weights, strict=True)]
+        )
 
     # WiSE-FT: blend every top weight; choose the blend on val and the dev tune half, equally weighted.
     blends = []
     for alpha in config.wise_alphas:
-        top.set_weights(
-            [(1 - alpha) * p + alpha * t for p, t in zip(probe_weights, tuned_weights, strict=True)]
-        )
+        blend(alpha)
         blends.append(
             {
                 "alpha": alpha,
@@ -224,8 +227,7 @@ def train(
         print(blends[-1])
     best = max(blends, key=lambda b: (b["val_top1"] + b["dev_tune_top1"], -abs(b["alpha"] - 0.5)))
     history["wise"] = {"blends": blends, "chosen_alpha": best["alpha"], "chosen_on": "val + dev tune half"}
-    alpha = best["alpha"]
-    top.set_weights([(1 - alpha) * p + alpha * t for p, t in zip(probe_weights, tuned_weights, strict=True)])
+    blend(best["alpha"])
     lite0_keras.copy_weights_by_name(top, full)
     weights = run_dir / "model.weights.h5"
     full.save_weights(weights)
@@ -247,7 +249,4 @@ def calibration_images(config: TransferConfig, split: data.Split, count: int = 3
             jobs.append((str(split.paths[index]), config.seed, int(index), copy, config.input_wh))
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         images = np.stack(list(pool.map(bin_scenes.training_input, jobs, chunksize=16)))
-    # Pin the observed input range to 0..255 so the converter picks scale 1 / zero point 0.
-    images[0, 0, 0] = 0
-    images[0, 0, 1] = 255
-    return images
+    return convert.pin_input_range(images)
