@@ -11,7 +11,7 @@ from pathlib import Path
 
 import data
 import keras
-import lite0_keras
+import lite_keras
 import numpy as np
 import tensorflow as tf
 
@@ -82,12 +82,16 @@ def correct_weight_rounding_bias(model: keras.Model, calibration: np.ndarray) ->
 
 
 def convert_int8(
-    weights_path: Path, calibration: np.ndarray, bias_correction: bool = True, embedding_output: bool = False
+    weights_path: Path,
+    calibration: np.ndarray,
+    bias_correction: bool = True,
+    embedding_output: bool = False,
+    arch: lite_keras.Architecture = lite_keras.LITE0,
 ) -> bytes:
     """The int8 .tflite bytes; with `embedding_output`, the pooled features are a second output."""
     height, width = calibration.shape[1:3]
-    model = lite0_keras.build_lite0(
-        len(data.LABELS), input_wh=(width, height), embedding_output=embedding_output
+    model = lite_keras.build(
+        len(data.LABELS), input_wh=(width, height), embedding_output=embedding_output, arch=arch
     )
     model.load_weights(weights_path)
     if bias_correction:

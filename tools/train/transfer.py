@@ -29,7 +29,7 @@ import convert
 import cv2
 import data
 import keras
-import lite0_keras
+import lite_keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -40,8 +40,10 @@ CHUNK = 256
 @dataclass
 class TransferConfig:
     seed: int = 0
+    # lite_keras.ARCHITECTURES: the EfficientNet-Lite size.
+    arch: str = "lite0"
     input_wh: tuple[int, int] = (224, 224)
-    # Blocks before this one stay frozen (ImageNet's); 11 is the start of stage 6 (7x7 at 224).
+    # Blocks before this one stay frozen (ImageNet's); 11 is Lite0's start of stage 6 (7x7 at 224).
     first_top_block: int = 11
     # Bin-like copies per train photo; the photo itself is always one more.
     copies: int = 4
@@ -59,6 +61,10 @@ class TransferConfig:
     @property
     def epochs(self) -> int:
         return self.ft_epochs
+
+    @property
+    def architecture(self) -> lite_keras.Architecture:
+        return lite_keras.ARCHITECTURES[self.arch]
 
 
 def _cached(path: Path, make):
@@ -150,22 +156,23 @@ def train(
     run_dir: Path,
     board_photos: int | None = None,
 ) -> Path:
-    """Write run_dir/model.weights.h5 (the full two-output Lite0) and history.json; return the path."""
+    """Write run_dir/model.weights.h5 (the full two-output network) and history.json; return the path."""
     started = time.monotonic()
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    full = lite0_keras.build_lite0(len(data.LABELS), embedding_output=True)
-    lite0_keras.load_imagenet_backbone(full, backbone_npz)
-    trunk = lite0_keras.build_trunk(config.first_top_block)
-    lite0_keras.copy_weights_by_name(full, trunk)
+    arch = config.architecture
+    full = lite_keras.build(len(data.LABELS), embedding_output=True, arch=arch)
+    lite_keras.load_imagenet_backbone(full, backbone_npz, arch)
+    trunk = lite_keras.build_trunk(config.first_top_block, arch=arch)
+    lite_keras.copy_weights_by_name(full, trunk)
 
     board = len(train_split.paths) if board_photos is None else board_photos
     acts, labels = train_activations(config, train_split, trunk, run_dir, board)
     val_acts = activations_of(trunk, val_split, config.input_wh, "decode val")
     dev_acts = activations_of(trunk, dev_tune, config.input_wh, "decode dev tune")
 
-    top = lite0_keras.build_top(len(data.LABELS), config.first_top_block, dropout=config.dropout)
-    lite0_keras.copy_weights_by_name(full, top)
+    top = lite_keras.build_top(len(data.LABELS), config.first_top_block, dropout=config.dropout, arch=arch)
+    lite_keras.copy_weights_by_name(full, top)
     _freeze_batch_norm(top)
     pooled = keras.Model(top.inputs, top.outputs[1]).predict(acts, batch_size=128, verbose=0)
     top.get_layer("logits").set_weights(linear_probe(config, pooled, labels))
@@ -228,7 +235,7 @@ def train(
     best = max(blends, key=lambda b: (b["val_top1"] + b["dev_tune_top1"], -abs(b["alpha"] - 0.5)))
     history["wise"] = {"blends": blends, "chosen_alpha": best["alpha"], "chosen_on": "val + dev tune half"}
     blend(best["alpha"])
-    lite0_keras.copy_weights_by_name(top, full)
+    lite_keras.copy_weights_by_name(top, full)
     weights = run_dir / "model.weights.h5"
     full.save_weights(weights)
     history["train_seconds"] = time.monotonic() - started

