@@ -289,3 +289,129 @@ def test_the_file_limit_is_raised_to_what_the_caps_need_or_a_warning_says_why_no
     )
     assert int(done.stdout) == soft_after
     assert ("raise LimitNOFILE" in done.stderr) is warns, done.stderr
+
+
+# Keep-alive: whatever the previous request left on the connection (a body nobody read, a pipelined
+# request, a head cut into segments), the next request is parsed as aiohttp's parser sees it, and only
+# the bytes of an unfinished head count against the head's caps.
+
+NOT_A_JPEG = (
+    b"\xff\xd8\xff" + b"\x00" * 300_000
+)  # a JPEG's magic bytes: read whole, then refused by the decoder
+
+
+def image_head(length: int, *, token: str | None = API_PREDICT_TOKEN, chunked: bool = False) -> bytes:
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}"
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"POST /predict/image HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n{auth}{framing}\r\n\r\n"
+    ).encode()
+
+
+def chunked(body: bytes, size: int = 50_000) -> bytes:
+    parts = [
+        f"{len(body[i : i + size]):x}\r\n".encode() + body[i : i + size] + b"\r\n"
+        for i in range(0, len(body), size)
+    ]
+    return b"".join(parts) + b"0\r\n\r\n"
+
+
+async def expect_decoder_refusal(reader: asyncio.StreamReader) -> None:
+    status, headers, answer = await read_answer(reader)
+    assert status == 400 and "JPEG" in json.loads(answer)["error"], (status, answer[:200])
+    assert headers.get("connection") != "close"
+
+
+async def test_after_an_early_refusal_the_unread_body_is_drained_and_the_next_request_parsed(
+    serve, shipped_classifier
+) -> None:
+    served = await serve("http.connections.max_header_bytes=4096", classifier=shipped_classifier)
+    reader, writer = await served.connect()
+    first = b"\xff\xd8\xff" + b"\x00" * 20_000
+    writer.write(image_head(len(first), token=None) + first[:1000])  # refused (401) before its body is read
+    status, _, _ = await read_answer(reader)
+    assert status == 401
+    # The rest of that body and the start of the next request arrive in one segment, the rest later.
+    writer.write(first[1000:] + image_head(len(NOT_A_JPEG)) + NOT_A_JPEG[:1000])
+    await asyncio.sleep(0.2)
+    writer.write(NOT_A_JPEG[1000:])
+    await expect_decoder_refusal(reader)
+    assert served.guard.head_bytes == 0
+
+
+async def test_a_pipelined_request_keeps_its_body_when_the_one_before_is_answered(
+    serve, shipped_classifier
+) -> None:
+    served = await serve("http.connections.max_header_bytes=4096", classifier=shipped_classifier)
+    reader, writer = await served.connect()
+    writer.write(HEALTH_REQUEST + image_head(len(NOT_A_JPEG)) + NOT_A_JPEG[:1000])
+    status, _, _ = await read_answer(reader)
+    assert status in (200, 503)
+    await asyncio.sleep(0.2)
+    writer.write(NOT_A_JPEG[1000:])
+    await expect_decoder_refusal(reader)
+
+
+async def test_heads_and_bodies_cut_anywhere_are_parsed_on_one_connection(serve, shipped_classifier) -> None:
+    served = await serve("http.connections.max_header_bytes=4096", classifier=shipped_classifier)
+    reader, writer = await served.connect()
+    stream = (
+        image_head(len(NOT_A_JPEG))
+        + NOT_A_JPEG
+        + image_head(0, chunked=True)
+        + chunked(NOT_A_JPEG)
+        + HEALTH_REQUEST
+        + image_head(len(NOT_A_JPEG))
+        + NOT_A_JPEG
+    )
+    # Cut inside a head's blank line, a chunk-size line, the chunked terminator, and across messages.
+    first_head = len(image_head(len(NOT_A_JPEG)))
+    cuts = sorted({7, first_head - 1, first_head + 150_000, stream.find(b"0\r\n\r\n") + 4, len(stream) - 100})
+    cuts += [stream.find(b"\r\n", first_head + len(NOT_A_JPEG) + 200) + 1]
+    start = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        writer.write(stream[start:cut])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        start = cut
+    await expect_decoder_refusal(reader)
+    await expect_decoder_refusal(reader)
+    status, _, _ = await read_answer(reader)
+    assert status in (200, 503)
+    await expect_decoder_refusal(reader)
+    assert served.guard.head_bytes == 0
+
+
+async def test_many_pipelined_requests_are_all_answered_in_order(serve) -> None:
+    served = await serve()
+    reader, writer = await served.connect()
+    writer.write(b"".join(f"GET /health?n={n} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for n in range(100)))
+    for _ in range(100):
+        status, _, body = await read_answer(reader)
+        assert status in (200, 503) and "components" in json.loads(body)
+
+
+@pytest.mark.parametrize("segments", [1, 5])
+async def test_the_head_cap_counts_the_whole_head_however_it_arrives(serve, segments: int) -> None:
+    served = await serve("http.connections.max_header_bytes=4096")
+
+    def head(size: int) -> bytes:
+        start, end = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"\r\n\r\n"
+        return start + b"p" * (size - len(start) - len(end)) + end
+
+    for size, refused in [(4096, False), (4097, True)]:
+        reader, writer = await served.connect()
+        request = head(size)
+        step = -(-len(request) // segments)
+        for offset in range(0, len(request), step):
+            writer.write(request[offset : offset + step])
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        status, _, body = await read_answer(reader)
+        if refused:
+            assert status == 431 and "4096 bytes" in json.loads(body)["error"]
+            assert await closed(reader)
+        else:
+            assert status in (200, 503), body
+        writer.close()
+    assert served.guard.head_bytes == 0
