@@ -329,14 +329,33 @@ async def test_after_an_early_refusal_the_unread_body_is_drained_and_the_next_re
     reader, writer = await served.connect()
     first = b"\xff\xd8\xff" + b"\x00" * 20_000
     writer.write(image_head(len(first), token=None) + first[:1000])  # refused (401) before its body is read
-    status, _, _ = await read_answer(reader)
-    assert status == 401
+    status, headers, _ = await read_answer(reader)
+    assert status == 401 and headers.get("connection") != "close", "a small rest is drained"
     # The rest of that body and the start of the next request arrive in one segment, the rest later.
     writer.write(first[1000:] + image_head(len(NOT_A_JPEG)) + NOT_A_JPEG[:1000])
     await asyncio.sleep(0.2)
     writer.write(NOT_A_JPEG[1000:])
     await expect_decoder_refusal(reader)
     assert served.guard.head_bytes == 0
+
+
+async def test_an_answer_before_a_large_rest_of_the_body_says_connection_close_and_closes(
+    serve, shipped_classifier
+) -> None:
+    served = await serve(classifier=shipped_classifier)
+    for length, framing in [
+        (10_000_000, image_head(10_000_000, token=None)),
+        (None, image_head(0, chunked=True)),
+    ]:
+        reader, writer = await served.connect()
+        writer.write(framing.replace(b"image/jpeg", b"text/plain") + (b"1000\r\n" if length is None else b""))
+        writer.write(b"x" * 1000)
+        status, headers, _ = await read_answer(reader)
+        assert status in (401, 415) and headers["connection"] == "close"
+        # The rest is received (so the answer is not lost to a reset), then the connection closes.
+        rest = b"x" * (length - 1000) if length else b"x" * 3096 + b"\r\n0\r\n\r\n"
+        writer.write(rest + HEALTH_REQUEST)
+        assert await closed(reader), "nothing after the answer, and the connection closes"
 
 
 async def test_a_pipelined_request_keeps_its_body_when_the_one_before_is_answered(

@@ -15,8 +15,11 @@ connections) add what is missing:
 - JSON answers for what aiohttp's parser refuses (400/431 instead of text/plain echoing the input), logged
   as one line without a traceback (the traceback quoted the start of the headers, bearer token included).
 
-The body has its own limits: uploads are read with `http.read_timeout_s` and their size caps, and a body
-no handler reads is drained by aiohttp for at most 10 s (its lingering time) before the connection closes.
+The body has its own limits: uploads are read with `http.read_timeout_s` and their size caps. A body
+answered before it has all arrived (a 401, a 413 on its declared length ...) is drained by aiohttp, for at
+most 10 s (its lingering time), so the connection can serve the next request; when more than
+`DRAIN_MAX_BYTES` of it are still to come, or its length is unknown, the answer says `Connection: close`
+instead and the connection closes once aiohttp has stopped reading it.
 """
 
 from __future__ import annotations
@@ -64,6 +67,23 @@ def handler_options(http: HttpConfig) -> dict[str, Any]:
         "access_log": ACCESS_LOG,
         "keepalive_timeout": http.keepalive_timeout_s,
     }
+
+
+# The most of an unread body worth receiving to keep its connection (Go's net/http drains as much).
+DRAIN_MAX_BYTES = 256 * 1024
+
+
+async def close_after_an_unread_body(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: an answer sent before a large rest of the body arrived closes the connection.
+
+    aiohttp has already chosen the Connection header when this runs, so it is set here as well.
+    """
+    if request.content.is_eof():
+        return
+    length = request.content_length
+    if length is None or length - request.content.total_bytes > DRAIN_MAX_BYTES:
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"
 
 
 # Files the daemon holds besides HTTP connections: the model, camera and GPIO devices, SQLite and its
