@@ -434,3 +434,19 @@ async def test_the_head_cap_counts_the_whole_head_however_it_arrives(serve, segm
             assert status in (200, 503), body
         writer.close()
     assert served.guard.head_bytes == 0
+
+
+async def test_a_head_in_the_same_read_as_the_request_before_it_is_counted_and_timed(serve) -> None:
+    served = await serve("http.connections.max_header_bytes=4096", "http.connections.header_timeout_s=0.5")
+    reader, writer = await served.connect()
+    writer.write(HEALTH_REQUEST + b"GET /health HTTP/1.1\r\nX-Pad: " + b"p" * 3000)  # never finished
+    status, _, _ = await read_answer(reader)
+    assert status in (200, 503)
+    status, _, _ = await read_answer(reader, timeout_s=2.0)
+    assert status == 408 and await closed(reader)
+
+    reader, writer = await served.connect()
+    writer.write(HEALTH_REQUEST + b"GET /health HTTP/1.1\r\nX-Pad: " + b"p" * 5000)
+    # Over the cap behind a request still being answered: no answer could be told from that one's.
+    assert await closed(reader, 2.0)
+    assert served.guard.refused["head_too_large"] == 1 and served.guard.head_bytes == 0
