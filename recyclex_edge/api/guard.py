@@ -213,8 +213,58 @@ def _parser_refusal(exc: BaseException | None, max_line_bytes: int) -> tuple[int
     return 400, "the request is not valid HTTP/1.1; check its request line and headers"
 
 
-# The end of a head, and of a chunked body (its last chunk and trailers): a blank line, CR optional.
+# The end of a head: a blank line, CR optional.
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+class ChunkedBodyEnd:
+    """Follows a chunked body's framing (size lines, data, trailers) to find where it ends.
+
+    Chunk data is skipped by its size, never searched, so bytes in it that look like framing cost
+    nothing; the work is per chunk, as aiohttp's own per chunk. Only where the body ends is wanted:
+    aiohttp's parser still decides what the bytes mean.
+    """
+
+    _KEPT_LINE_BYTES = 64  # of a line cut between reads: the size's hex digits, or whether it is empty
+
+    def __init__(self) -> None:
+        self._line = b""  # the start of a size or trailer line that has not ended yet
+        self._skip = 0  # bytes of chunk data, and the CRLF after it, still to come
+        self._in_trailers = False
+        self.malformed = False
+
+    def end(self, data: bytes, start: int) -> int | None:
+        """Just after the body's last byte if it is in data[start:], else None (then all of it is body)."""
+        position, size = start, len(data)
+        while position < size:
+            if self._skip:
+                step = min(self._skip, size - position)
+                self._skip -= step
+                position += step
+                continue
+            line_end = data.find(b"\n", position)
+            if line_end < 0:
+                self._line = (self._line + data[position : position + self._KEPT_LINE_BYTES])[
+                    : self._KEPT_LINE_BYTES
+                ]
+                return None
+            line = self._line + data[position : min(line_end, position + self._KEPT_LINE_BYTES)]
+            self._line = b""
+            position = line_end + 1
+            if self._in_trailers:
+                if not line.rstrip(b"\r"):
+                    return position
+                continue
+            try:
+                chunk = int(line.split(b";", 1)[0].strip(b" \t\r"), 16)
+            except ValueError:
+                self.malformed = True  # the parser refuses it too; its blank lines are looked for instead
+                return None
+            if chunk:
+                self._skip = chunk + 2
+            else:
+                self._in_trailers = True
+        return None
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -223,14 +273,15 @@ class GuardedRequestHandler(RequestHandler):
     Which bytes are a head is the parser's knowledge, not the requests': a keep-alive connection may
     carry the rest of a body nobody read (aiohttp drains it), pipelined requests, or a head split over
     segments, all in one read. So each read is fed to the parser in pieces that end where a message may
-    end: after the Content-Length bytes of a body, and after every blank line (the end of a head, or of
-    a chunked body). Between pieces the parser's state is known, and a piece fed while no body is in
-    progress is head bytes, all of it; it is counted before the parser sees it, so a head over the cap
-    is refused before it is parsed or answered, however it arrives.
+    end: after the Content-Length bytes of a body, after the last chunk of a chunked one, and after every
+    blank line outside a body (the end of a head). Between pieces the parser's state is known, and a
+    piece fed while no body is in progress is head bytes, all of it; it is counted before the parser
+    sees it, so a head over the cap is refused before it is parsed or answered, however it arrives.
     """
 
     __slots__ = (
         "_body_bytes_left",
+        "_chunked_end",
         "_client",
         "_guard",
         "_head_bytes",
@@ -249,10 +300,11 @@ class GuardedRequestHandler(RequestHandler):
         self._client = "unknown"
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
-        # The body of the last request parsed while it is still arriving, and (Content-Length) how
-        # many of its bytes are still to come; None when unknown (chunked).
+        # The body of the last request parsed while it is still arriving, and how many of its bytes are
+        # still to come (Content-Length) or where it ends (chunked).
         self._payload: StreamReader | None = None
         self._body_bytes_left: int | None = None
+        self._chunked_end: ChunkedBodyEnd | None = None
         self._last_bytes = b""  # the last two bytes fed, for a blank line split between reads
         self._unfed = b""  # what arrived while aiohttp held the parser back (a full body buffer or queue)
         self._requests_seen = 0
@@ -347,9 +399,16 @@ class GuardedRequestHandler(RequestHandler):
 
     def _piece_end(self, data: bytes, start: int) -> int:
         """Where the next piece to feed ends: the most bytes after which the parser's state is known."""
-        left = self._body_bytes_left
-        if self._in_body() and left is not None and left > 0:
-            return min(len(data), start + left)
+        if self._in_body():
+            left, chunked = self._body_bytes_left, self._chunked_end
+            if left is not None and left > 0:
+                return min(len(data), start + left)
+            if chunked is not None and not chunked.malformed:
+                end = chunked.end(data, start)
+                if end is None:
+                    return len(data)
+                self._chunked_end = None  # should the parser not agree, blank lines are looked for
+                return end
         before = (self._last_bytes + data[max(0, start - 2) : start])[-2:]
         straddling = (match.end() for match in _BLANK_LINE.finditer(before + data[start : start + 2]))
         end = next((start + e - len(before) for e in straddling if e > len(before)), None)
@@ -420,6 +479,7 @@ class GuardedRequestHandler(RequestHandler):
         self._payload = None if payload.is_eof() else payload
         length = message.headers.get(hdrs.CONTENT_LENGTH)
         self._body_bytes_left = int(length) if length and not message.chunked else None
+        self._chunked_end = ChunkedBodyEnd() if message.chunked and self._payload is not None else None
 
     def _start_head_timer(self) -> None:
         loop = asyncio.get_running_loop()
