@@ -430,7 +430,7 @@ class GuardedRequestHandler(RequestHandler):
         if in_body and self._body_bytes_left is not None:
             self._body_bytes_left -= len(piece)
         self._note_new_requests()
-        if in_body and not self._in_body():  # a body nobody read has been drained
+        if in_body and not self._in_body():  # the body has all arrived: idle if it was answered
             self._payload = None
             if not self._unanswered:
                 self._guard.set_idle(self)
