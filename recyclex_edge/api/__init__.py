@@ -19,6 +19,7 @@ from recyclex_edge.api.access_log import ACCESS_LOG, AccessLogger
 from recyclex_edge.api.auth import Authenticator, RoutePolicy
 from recyclex_edge.api.cache import ResultCache
 from recyclex_edge.api.errors import error_middleware
+from recyclex_edge.api.guard import close_after_an_unread_body
 from recyclex_edge.api.inference import InferenceService, InferenceSlot
 from recyclex_edge.api.keys import (
     ALLOWED_HOSTS,
@@ -197,6 +198,7 @@ def build_app(config: Config, classifier: Classifier | None, health: HealthRegis
     app.cleanup_ctx.append(_uploads_ctx)
     app.cleanup_ctx.append(_inference_ctx(policy))
     app.on_shutdown.append(_close_live_sockets)
+    app.on_response_prepare.append(close_after_an_unread_body)
     app.add_routes(api_routes)
     _warn_about_protection(http, authenticator)
     return app

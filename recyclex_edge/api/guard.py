@@ -15,8 +15,11 @@ connections) add what is missing:
 - JSON answers for what aiohttp's parser refuses (400/431 instead of text/plain echoing the input), logged
   as one line without a traceback (the traceback quoted the start of the headers, bearer token included).
 
-The body has its own limits: uploads are read with `http.read_timeout_s` and their size caps, and a body
-no handler reads is drained by aiohttp for at most 10 s (its lingering time) before the connection closes.
+The body has its own limits: uploads are read with `http.read_timeout_s` and their size caps. A body
+answered before it has all arrived (a 401, a 413 on its declared length ...) is drained by aiohttp, for at
+most 10 s (its lingering time), so the connection can serve the next request; when more than
+`DRAIN_MAX_BYTES` of it are still to come, or its length is unknown, the answer says `Connection: close`
+instead and the connection closes once aiohttp has stopped reading it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import resource
 from collections import Counter
 from http import HTTPStatus
@@ -31,6 +35,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
@@ -62,6 +67,23 @@ def handler_options(http: HttpConfig) -> dict[str, Any]:
         "access_log": ACCESS_LOG,
         "keepalive_timeout": http.keepalive_timeout_s,
     }
+
+
+# The most of an unread body worth receiving to keep its connection (Go's net/http drains as much).
+DRAIN_MAX_BYTES = 256 * 1024
+
+
+async def close_after_an_unread_body(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: an answer sent before a large rest of the body arrived closes the connection.
+
+    aiohttp has already chosen the Connection header when this runs, so it is set here as well.
+    """
+    if request.content.is_eof():
+        return
+    length = request.content_length
+    if length is None or length - request.content.total_bytes > DRAIN_MAX_BYTES:
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"
 
 
 # Files the daemon holds besides HTTP connections: the model, camera and GPIO devices, SQLite and its
@@ -191,19 +213,103 @@ def _parser_refusal(exc: BaseException | None, max_line_bytes: int) -> tuple[int
     return 400, "the request is not valid HTTP/1.1; check its request line and headers"
 
 
-class GuardedRequestHandler(RequestHandler):
-    """aiohttp's protocol with the guard's hooks: admission, the head's deadline and bytes, JSON errors."""
+# The end of a head: a blank line, CR optional.
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 
-    __slots__ = ("_client", "_draining", "_guard", "_head_bytes", "_head_timer", "_waiting_for_head")
+
+class ChunkedBodyEnd:
+    """Follows a chunked body's framing (size lines, data, trailers) to find where it ends.
+
+    Chunk data is skipped by its size, never searched, so bytes in it that look like framing cost
+    nothing; the work is per chunk, as aiohttp's own per chunk. Only where the body ends is wanted:
+    aiohttp's parser still decides what the bytes mean.
+    """
+
+    _KEPT_LINE_BYTES = 64  # of a line cut between reads: the size's hex digits, or whether it is empty
+
+    def __init__(self) -> None:
+        self._line = b""  # the start of a size or trailer line that has not ended yet
+        self._skip = 0  # bytes of chunk data, and the CRLF after it, still to come
+        self._in_trailers = False
+        self.malformed = False
+
+    def end(self, data: bytes, start: int) -> int | None:
+        """Just after the body's last byte if it is in data[start:], else None (then all of it is body)."""
+        position, size = start, len(data)
+        while position < size:
+            if self._skip:
+                step = min(self._skip, size - position)
+                self._skip -= step
+                position += step
+                continue
+            line_end = data.find(b"\n", position)
+            if line_end < 0:
+                self._line = (self._line + data[position : position + self._KEPT_LINE_BYTES])[
+                    : self._KEPT_LINE_BYTES
+                ]
+                return None
+            line = self._line + data[position : min(line_end, position + self._KEPT_LINE_BYTES)]
+            self._line = b""
+            position = line_end + 1
+            if self._in_trailers:
+                if not line.rstrip(b"\r"):
+                    return position
+                continue
+            try:
+                chunk = int(line.split(b";", 1)[0].strip(b" \t\r"), 16)
+            except ValueError:
+                self.malformed = True  # the parser refuses it too; its blank lines are looked for instead
+                return None
+            if chunk:
+                self._skip = chunk + 2
+            else:
+                self._in_trailers = True
+        return None
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's protocol with the guard's hooks: admission, the head's deadline and bytes, JSON errors.
+
+    Which bytes are a head is the parser's knowledge, not the requests': a keep-alive connection may
+    carry the rest of a body nobody read (aiohttp drains it), pipelined requests, or a head split over
+    segments, all in one read. So each read is fed to the parser in pieces that end where a message may
+    end: after the Content-Length bytes of a body, after the last chunk of a chunked one, and after every
+    blank line outside a body (the end of a head). Between pieces the parser's state is known, and a
+    piece fed while no body is in progress is head bytes, all of it; it is counted before the parser
+    sees it, so a head over the cap is refused before it is parsed or answered, however it arrives.
+    """
+
+    __slots__ = (
+        "_body_bytes_left",
+        "_chunked_end",
+        "_client",
+        "_guard",
+        "_head_bytes",
+        "_head_timer",
+        "_last_bytes",
+        "_parser_failed",
+        "_payload",
+        "_requests_seen",
+        "_unanswered",
+        "_unfed",
+    )
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._client = "unknown"
-        self._waiting_for_head = True
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
-        self._draining: StreamReader | None = None
+        # The body of the last request parsed while it is still arriving, and how many of its bytes are
+        # still to come (Content-Length) or where it ends (chunked).
+        self._payload: StreamReader | None = None
+        self._body_bytes_left: int | None = None
+        self._chunked_end: ChunkedBodyEnd | None = None
+        self._last_bytes = b""  # the last two bytes fed, for a blank line split between reads
+        self._unfed = b""  # what arrived while aiohttp held the parser back (a full body buffer or queue)
+        self._requests_seen = 0
+        self._unanswered = 0  # requests parsed and not yet answered
+        self._parser_failed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -225,46 +331,32 @@ class GuardedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._draining is not None and self._draining.is_eof():
-            self._draining = None
-            self._become_idle()
-        if not self._waiting_for_head:
+        if self._passed_through():
             super().data_received(data)
             return
-        if self._head_timer is None:  # the first byte after a keep-alive pause starts the clock
-            self._start_head_timer()
-        heads_before = self._request_count
-        super().data_received(data)
-        if self._request_count > heads_before:  # the parser finished a head (or refused one)
-            self._stop_waiting_for_head()
-            self._waiting_for_head = False
-            self._guard.set_busy(self)
-            return
-        self._head_bytes += len(data)
-        self._guard.head_bytes += len(data)
-        if self._head_bytes > self._guard.config.max_header_bytes:
-            self._guard.refuse("head_too_large", self._client, 431)
-            self._refuse(
-                431,
-                f"the request line and headers exceed {self._guard.config.max_header_bytes} bytes; "
-                "send fewer or shorter headers",
-            )
-        elif self._guard.head_bytes > self._guard.config.max_total_header_bytes:
-            self._guard.refuse("heads_total", self._client, 503)
-            self._refuse(
-                503,
-                "the bin is receiving too many request headers at once; retry in a few seconds",
-                {hdrs.RETRY_AFTER: "5"},
-            )
+        pending, self._unfed = self._unfed + data, b""
+        if not data:  # aiohttp resuming: the parser first takes what it held back itself
+            self._feed(b"")
+        position = 0
+        while position < len(pending):
+            if self._force_close or self._close:
+                return
+            if self._passed_through():
+                super().data_received(pending[position:])
+                return
+            if self._held_back():
+                self._unfed = pending[position:]
+                return
+            end = self._piece_end(pending, position)
+            if not self._feed(pending[position:end]):
+                return
+            position = end
 
     def log_access(self, request: web.BaseRequest, response: web.StreamResponse, time: float | None) -> None:
         super().log_access(request, response, time)
-        # The request is answered. Bytes from now on belong to the next head, unless aiohttp still
-        # drains a body the handler did not read.
-        if request.content.is_eof():
-            self._become_idle()
-        else:
-            self._draining = request.content
+        self._unanswered = max(0, self._unanswered - 1)
+        if not self._unanswered and not self._in_body():
+            self._guard.set_idle(self)
 
     def handle_error(
         self,
@@ -294,9 +386,100 @@ class GuardedRequestHandler(RequestHandler):
         self._stop_waiting_for_head()
         self.force_close()
 
-    def _become_idle(self) -> None:
-        self._waiting_for_head = True
-        self._guard.set_idle(self)
+    def _passed_through(self) -> bool:
+        """After an upgrade (WebSocket) or a malformed head there are no more heads to measure."""
+        return self._upgraded or self._payload_parser is not None or self._parser_failed
+
+    def _held_back(self) -> bool:
+        """aiohttp paused reading: a body's buffer is full, or the queue of pipelined requests is."""
+        return self._reading_paused or len(self._messages) >= self._max_msg_queue_size
+
+    def _in_body(self) -> bool:
+        return self._payload is not None and not self._payload.is_eof()
+
+    def _piece_end(self, data: bytes, start: int) -> int:
+        """Where the next piece to feed ends: the most bytes after which the parser's state is known."""
+        if self._in_body():
+            left, chunked = self._body_bytes_left, self._chunked_end
+            if left is not None and left > 0:
+                return min(len(data), start + left)
+            if chunked is not None and not chunked.malformed:
+                end = chunked.end(data, start)
+                if end is None:
+                    return len(data)
+                self._chunked_end = None  # should the parser not agree, blank lines are looked for
+                return end
+        before = (self._last_bytes + data[max(0, start - 2) : start])[-2:]
+        straddling = (match.end() for match in _BLANK_LINE.finditer(before + data[start : start + 2]))
+        end = next((start + e - len(before) for e in straddling if e > len(before)), None)
+        if end is not None:
+            return end
+        match = _BLANK_LINE.search(data, start)
+        return match.end() if match else len(data)
+
+    def _feed(self, piece: bytes) -> bool:
+        """Count a head's piece, hand it to aiohttp, then read the parser's state; False if refused."""
+        in_body = self._in_body()
+        if piece and not in_body and not self._count_head_bytes(len(piece)):
+            return False
+        super().data_received(piece)
+        if piece and not self._held_back():
+            # A pause the back-pressure has already lifted: what the parser kept goes through now,
+            # so its state is that of the whole piece.
+            super().data_received(b"")
+        if in_body and self._body_bytes_left is not None:
+            self._body_bytes_left -= len(piece)
+        self._note_new_requests()
+        if in_body and not self._in_body():  # the body has all arrived: idle if it was answered
+            self._payload = None
+            if not self._unanswered:
+                self._guard.set_idle(self)
+        self._last_bytes = (self._last_bytes + piece[-2:])[-2:]
+        return True
+
+    def _count_head_bytes(self, count: int) -> bool:
+        config = self._guard.config
+        if self._head_bytes + count > config.max_header_bytes:
+            self._guard.refuse("head_too_large", self._client, 431)
+            self._refuse(
+                431,
+                f"the request line and headers exceed {config.max_header_bytes} bytes; "
+                "send fewer or shorter headers",
+            )
+            return False
+        if self._guard.head_bytes + count > config.max_total_header_bytes:
+            self._guard.refuse("heads_total", self._client, 503)
+            self._refuse(
+                503,
+                "the bin is receiving too many request headers at once; retry in a few seconds",
+                {hdrs.RETRY_AFTER: "5"},
+            )
+            return False
+        if self._head_timer is None:  # the first byte of a head starts the clock
+            self._start_head_timer()
+        self._head_bytes += count
+        self._guard.head_bytes += count
+        return True
+
+    def _note_new_requests(self) -> None:
+        """Heads the parser finished since last time: the connection is busy, and their bodies follow."""
+        finished = self._request_count - self._requests_seen
+        if finished <= 0:
+            return
+        self._requests_seen = self._request_count
+        self._stop_waiting_for_head()
+        self._unanswered += finished
+        self._guard.set_busy(self)
+        if not self._messages:
+            return
+        message, payload = self._messages[-1]
+        if not isinstance(message, RawRequestMessage):  # a malformed head: answered 400/431, then closed
+            self._parser_failed = True
+            return
+        self._payload = None if payload.is_eof() else payload
+        length = message.headers.get(hdrs.CONTENT_LENGTH)
+        self._body_bytes_left = int(length) if length and not message.chunked else None
+        self._chunked_end = ChunkedBodyEnd() if message.chunked and self._payload is not None else None
 
     def _start_head_timer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -311,8 +494,6 @@ class GuardedRequestHandler(RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if not self._waiting_for_head:
-            return
         self._guard.refuse("head_timeout", self._client, 408)
         self._refuse(
             408,
@@ -322,10 +503,11 @@ class GuardedRequestHandler(RequestHandler):
 
     def _refuse(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._stop_waiting_for_head()
-        self._waiting_for_head = False
         self._guard.release(self)
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        # With a request before this head still being answered, an answer now would be read as its
+        # answer: the connection is only closed.
+        if transport is not None and not transport.is_closing() and not self._unanswered:
             transport.write(raw_error_response(status, message, headers))
         self.force_close()
 
