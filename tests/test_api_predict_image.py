@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import struct
 import zlib
 from collections.abc import AsyncIterator
@@ -108,6 +109,20 @@ async def test_the_same_bytes_are_answered_from_the_cache(api_client, openapi_va
         )
     ).json()
     assert other["cached"] is False
+
+
+async def test_cached_answers_do_not_keep_the_embedding(api_client) -> None:
+    # A full cache of embeddings would be 256 x 5 kB with model 2.0.0 that no answer ever shows.
+    client = await api_client()
+    service = client.app[INFERENCE].service
+    assert service is not None
+    data = photo_bytes("paper")
+    digest = hashlib.sha256(data).hexdigest()
+    fresh = await service.predict_image(data, digest)
+    again = await service.predict_image(data, digest)
+    assert not fresh.cached and fresh.classification.embedding is not None
+    assert again.cached and again.classification.embedding is None
+    assert again.classification.probabilities == fresh.classification.probabilities
 
 
 async def test_cache_entries_expire_and_the_cache_can_be_switched_off(api_client) -> None:

@@ -6,6 +6,9 @@ and the way `model.trusted_keys` lists it:
     recyclex-ed25519 <base64 of the 32-byte raw key> <name>
 
 The private key is a PKCS#8 PEM file readable by its owner only (mode 0600).
+
+`cryptography` (about 8 MiB resident) is imported only when a signature is checked or a key made or
+read: a bin that trusts no key and installs nothing never loads it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from recyclex_edge.errors import RegistryError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 KEY_TYPE = "recyclex-ed25519"
 RAW_KEY_BYTES = 32
@@ -45,6 +48,9 @@ class PublicKey:
         return f"{KEY_TYPE} {base64.b64encode(self.raw).decode()} {self.name}"
 
     def verify(self, signature: bytes, data: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
         except InvalidSignature:
@@ -89,6 +95,8 @@ class SigningKey:
 
     @property
     def public(self) -> PublicKey:
+        from cryptography.hazmat.primitives import serialization
+
         raw = self.private.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
@@ -100,6 +108,9 @@ class SigningKey:
 
 def generate_keypair(folder: Path, name: str) -> tuple[Path, Path]:
     """Write `folder/<name>.key` (0600, created exclusively: never overwrites) and `folder/<name>.pub`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     check_key_name(name)
     folder.mkdir(parents=True, exist_ok=True)
     key_path, pub_path = folder / f"{name}.key", folder / f"{name}.pub"
@@ -121,6 +132,9 @@ def generate_keypair(folder: Path, name: str) -> tuple[Path, Path]:
 
 def load_signing_key(path: Path) -> SigningKey:
     """Read a `.key` file written by `generate_keypair`; its name is the file's stem."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         data = path.read_bytes()
     except OSError as error:

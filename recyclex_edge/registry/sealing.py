@@ -5,6 +5,8 @@ filesystem when the credential is encrypted with the TPM or a host key), given a
 44 base64 characters. A sealed file is `b"RXSEAL1" + 12-byte nonce + ciphertext and tag`; the card's
 sha256 is bound in as associated data, so a sealed file cannot be swapped under another card. The
 plaintext exists only in memory: the interpreter is built from the bytes.
+
+`cryptography` is imported when a Sealer is made, i.e. only on a bin with an encryption key.
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ import binascii
 import os
 from collections.abc import Mapping
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from recyclex_edge.errors import RegistryError
 
@@ -43,6 +42,8 @@ class Sealer:
     """Encrypts and decrypts model files with one key."""
 
     def __init__(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(key)
 
     @classmethod
@@ -68,6 +69,8 @@ class Sealer:
     def open(self, sealed: bytes, *, associated: bytes) -> bytes:
         if not sealed.startswith(MAGIC) or len(sealed) < len(MAGIC) + NONCE_BYTES + 16:
             raise RegistryError("the sealed model file is damaged (no RXSEAL1 header)")
+        from cryptography.exceptions import InvalidTag
+
         nonce = sealed[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
         try:
             return self._aead.decrypt(nonce, sealed[len(MAGIC) + NONCE_BYTES :], associated)
