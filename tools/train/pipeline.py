@@ -45,8 +45,11 @@ RECIPES: dict[str, TrainConfig | TransferConfig] = {
     # bin-like copies after a linear probe, blended with the probe (transfer.py). 224x224, two outputs.
     "generalist224": TransferConfig(first_top_block=8, ft_lr=3e-4),
     # generalist224 on EfficientNet-Lite2 at its native 260x260: ImageNet 77.6 % instead of 75.1 % top-1,
-    # 2.1x the compute. Blocks 11.. (stage 5 on, as generalist224's 8..) learn.
-    "generalist260": TransferConfig(arch="lite2", input_wh=(260, 260), first_top_block=11, ft_lr=3e-4),
+    # 2.1x the compute. Blocks 11.. (stage 5 on, as generalist224's 8..) learn; 4 epochs, since one
+    # takes about 12 minutes here.
+    "generalist260": TransferConfig(
+        arch="lite2", input_wh=(260, 260), first_top_block=11, ft_lr=3e-4, ft_epochs=4
+    ),
     # Blocks 5.. (stage 4 on) learn: more of TrashNet's detail, at twice the training time.
     "generalist224-deeper": TransferConfig(first_top_block=5, ft_lr=3e-4),
     # Only blocks 11-15 learn, at a third of the step: 89.1 % val, same held-out dev (79.2 %).
