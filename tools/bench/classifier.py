@@ -1,11 +1,14 @@
 """Benchmark the shipped classifier; prints one JSON document.
 
     .venv/bin/python tools/bench/classifier.py [--runs 300] [--photos ../shared/datasets/trashnet/val]
+        [--candidate PATH.tflite ...]
 
 Measures, in one run so the ratios are fair on a noisy shared machine: bare `invoke()`; `classify()` from
 a decoded 640x480 frame; `classify()` from JPEG bytes (decode included); each with 1 and 2 interpreter
 threads; and the process RSS after loading. The target: classify-from-frame p50 <= 1.10 x bare invoke
-p50 (preprocessing must stay negligible next to the model).
+p50 (preprocessing must stay negligible next to the model); and (issue 13) bare `invoke()` p50 <= 15 ms
+with one thread. Each `--candidate` model (with its card beside it) has its bare one-thread `invoke()`
+timed interleaved with the shipped model's, so a model not yet shipped is compared under the same load.
 """
 
 from __future__ import annotations
@@ -72,12 +75,37 @@ def measure(
     return report
 
 
+def compare_invoke(shipped: Classifier, candidates: list[Path], runs: int) -> dict[str, object]:
+    """Bare one-thread invoke() of each candidate, round by round with the shipped model's."""
+    models = {"shipped": shipped} | {
+        str(path): Classifier(path, num_threads=1, pool_size=1) for path in candidates
+    }
+    blank = {
+        name: np.zeros(model.preprocess(np.zeros((480, 640, 3), np.uint8)).shape, np.uint8)
+        for name, model in models.items()
+    }
+    samples = interleaved(
+        {name: (lambda i, m=model, t=blank[name]: m.invoke_raw(t)) for name, model in models.items()}, runs
+    )
+    shipped_p50 = statistics.median(samples["shipped"])
+    return {
+        name: {
+            "model": {"name": model.card.name, "version": model.card.version},
+            "input": [model.card.input.width, model.card.input.height],
+            "invoke_p50_ms": round(statistics.median(samples[name]), 3),
+            "over_shipped_p50": round(statistics.median(samples[name]) / shipped_p50, 3),
+        }
+        for name, model in models.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument(
         "--photos", type=Path, default=REPO.parent / "shared" / "datasets" / "trashnet" / "val"
     )
+    parser.add_argument("--candidate", type=Path, action="append", default=[])
     args = parser.parse_args()
 
     photos = sorted(args.photos.rglob("*.jpg"))[:32]
@@ -97,9 +125,14 @@ def main() -> None:
                 "backend": classifier.backend,
             }
         report[f"threads_{threads}"] = measure(classifier, frames, jpegs, args.runs)
+        if threads == 1 and args.candidate:
+            report["invoke_1thread_vs_shipped"] = compare_invoke(classifier, args.candidate, args.runs)
     ratio = report["threads_1"]["frame_over_invoke_p50"]  # type: ignore[index]
+    invoke_p50 = report["threads_1"]["invoke"]["p50_ms"]  # type: ignore[index]
     report["target_frame_over_invoke_p50_max"] = 1.10
+    report["target_invoke_p50_1thread_max_ms"] = 15.0
     report["target_met"] = bool(ratio <= 1.10)
+    report["target_invoke_met"] = bool(invoke_p50 <= 15.0)
     report["rss_end_mib"] = round(rss_mib(), 1)
     print(json.dumps(report, indent=2))
 
