@@ -3,7 +3,7 @@
 What Home Assistant Core (2025.4) showed with the old payloads: counters only for categories counted
 before the announcement, `counters: {}` after reset-counters (a template warning per sensor), QoS 0
 because `qos` sat at the root. Here: every category from the start and after a reset, 0 included, and
-`qos` inside every component.
+`qos` inside every component. What a running Home Assistant makes of them: tools/ha-check.
 """
 
 from __future__ import annotations

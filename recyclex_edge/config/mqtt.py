@@ -44,9 +44,16 @@ class MqttReconnectConfig(Section):
 
 
 class HomeAssistantConfig(Section):
-    """Home Assistant MQTT discovery (one retained device-based config message)."""
+    """Home Assistant MQTT discovery (one retained device-based config message, or one per entity)."""
 
     enabled: bool = Field(True, description="Announce the bin's entities to Home Assistant.")
+    per_entity: bool = Field(
+        False,
+        description=(
+            "One config message per entity (<prefix>/<platform>/<device.id>/<key>/config) instead of one "
+            "for the device: for Home Assistant before 2024.11, which has no device discovery."
+        ),
+    )
     prefix: str = Field(
         "homeassistant",
         pattern=r"^[^#+/][^#+]*[^#+/]$|^[^#+/]$",

@@ -41,7 +41,7 @@ from recyclex_edge.health import ComponentHealth, HealthRegistry, Status
 from recyclex_edge.mqtt import system
 from recyclex_edge.mqtt.commands import CommandDispatcher, CommandHandler
 from recyclex_edge.mqtt.connection import HEALTH_COMPONENT, Connection
-from recyclex_edge.mqtt.discovery import discovery_payload
+from recyclex_edge.mqtt.discovery import discovery_messages, other_layout
 from recyclex_edge.mqtt.events import prepare_event, utc_timestamp
 from recyclex_edge.mqtt.topics import Topics
 from recyclex_edge.outbox import Outbox, OutboxRow
@@ -98,6 +98,7 @@ class MqttBridge:
         self._lock = threading.Lock()  # guards the flags and last_event below, set from other threads
         self._state_dirty = True
         self._announce = False
+        self._stale_discovery: set[str] = set()  # retained topics of the discovery layout not in use
         self._last_event: dict[str, Any] | None = None
 
         # Only the publisher thread touches these (and stop(), after that thread has ended).
@@ -181,12 +182,20 @@ class MqttBridge:
         filters = [self.topics.commands]
         if self._config.discovery.enabled:
             filters.append(self.topics.homeassistant_status)
+            filters.append(other_layout(self.topics, per_entity=self._config.discovery.per_entity))
         self._connection.subscribe(filters)
         with self._lock:
             self._announce = True
         self._wake.set()
 
     def _message(self, message: paho.MQTTMessage) -> None:
+        stale = other_layout(self.topics, per_entity=self._config.discovery.per_entity)
+        if self._config.discovery.enabled and paho.topic_matches_sub(stale, message.topic):
+            if message.payload:
+                with self._lock:
+                    self._stale_discovery.add(message.topic)
+                self._wake.set()
+            return
         if message.topic == self.topics.homeassistant_status:
             if message.payload.strip() == b"online":
                 log.info("Home Assistant came online; announcing the bin again")
@@ -245,6 +254,10 @@ class MqttBridge:
                     continue
                 with self._lock:
                     announce, self._announce = self._announce, False
+                    stale, self._stale_discovery = self._stale_discovery, set()
+                if stale:
+                    self._clear_discovery(stale)
+                    announce = True  # Home Assistant may have refused ours while the old copies existed
                 if announce:
                     self._publish_announcement()
                 self._publish_events()
@@ -314,9 +327,22 @@ class MqttBridge:
         """After every (re)connect and on Home Assistant's birth: discovery, then the retained state."""
         assert self._connection is not None
         if self._config.discovery.enabled:
-            payload = discovery_payload(self.topics, self._device_name, self._state(), self._commands.names)
-            self._connection.publish(self.topics.discovery, json.dumps(payload), qos=1, retain=True)
+            for topic, payload in discovery_messages(
+                self.topics,
+                self._device_name,
+                self._state(),
+                self._commands.names,
+                per_entity=self._config.discovery.per_entity,
+            ):
+                self._connection.publish(topic, payload, qos=1, retain=True)
         self.state_changed()
+
+    def _clear_discovery(self, topics: set[str]) -> None:
+        """Empty the retained discovery messages the other layout left, e.g. after switching per_entity."""
+        assert self._connection is not None
+        log.info("clearing %d retained discovery message(s) of the layout not in use", len(topics))
+        for topic in sorted(topics):
+            self._connection.publish(topic, b"", qos=1, retain=True)
 
     def _report_mqtt(self, status: Status, detail: str) -> None:
         self._health.report(HEALTH_COMPONENT, status, detail, critical=False)

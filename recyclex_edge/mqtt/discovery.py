@@ -1,4 +1,5 @@
-"""Home Assistant MQTT discovery: one retained device-based message, `<prefix>/device/<id>/config`.
+"""Home Assistant MQTT discovery: one retained device-based message, `<prefix>/device/<id>/config`, or
+(`mqtt.discovery.per_entity`, for Home Assistant before 2024.11) one per entity.
 
 The entities read the retained `state` topic (last class and confidence, mode, status, one counter and one
 fill level per category the state reports) and send commands (a mode selector, one button per command
@@ -7,12 +8,18 @@ model's labels, its configured bins and `uncertain`) from the start, 0 included:
 the same on a fresh bin, after `reset-counters` and after the first item of a new category, so Home
 Assistant never has to remove one. Templates default to 0 (counters) or unknown (fill levels) anyway.
 
-Device discovery (`<prefix>/device/...`) needs Home Assistant 2024.11 or newer. Every component carries
-its own `qos`: Home Assistant ignores a root-level one.
+Device discovery (`<prefix>/device/...`) needs Home Assistant 2024.11 or newer; older ones get the same
+entities from `<prefix>/<platform>/<id>/<key>/config`. The bridge clears whatever the other layout left
+retained (`other_layout`), so switching never leaves Home Assistant two copies of an entity; it clears
+only what it finds, because Home Assistant before 2024.11 warns about any message on a `device` topic,
+even an empty one. The per-entity object ids (`count_glass`) differ from the device message's component
+ids (`<id>_count_glass`), so clearing one layout never removes the other's entities. Every component
+carries its own `qos`: Home Assistant ignores a root-level one.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -119,6 +126,34 @@ def discovery_payload(
         "state_topic": topics.state,
         "availability_topic": topics.availability,
     }
+
+
+def discovery_messages(
+    topics: Topics,
+    device_name: str,
+    state: Mapping[str, Any],
+    commands: Sequence[str],
+    *,
+    per_entity: bool,
+) -> list[tuple[str, str]]:
+    """(topic, payload) to publish retained: the device message, or one message per entity."""
+    payload = discovery_payload(topics, device_name, state, commands)
+    if not per_entity:
+        return [(topics.discovery, json.dumps(payload))]
+    messages = []
+    for unique_id, component in payload["cmps"].items():
+        config = {key: value for key, value in component.items() if key != "p"}
+        config.update(dev=payload["dev"], o=payload["o"], availability_topic=payload["availability_topic"])
+        if component["p"] != "button":  # a button has no state
+            config["state_topic"] = payload["state_topic"]
+        key = unique_id.removeprefix(f"{topics.device_id}_")
+        messages.append((topics.entity_discovery(component["p"], key), json.dumps(config)))
+    return messages
+
+
+def other_layout(topics: Topics, *, per_entity: bool) -> str:
+    """Subscription filter for the discovery layout not in use: anything retained there is stale."""
+    return topics.discovery if per_entity else topics.entity_discoveries
 
 
 def _title(category: str) -> str:

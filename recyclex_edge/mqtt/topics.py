@@ -55,6 +55,15 @@ class Topics:
     def discovery(self) -> str:
         return f"{self.discovery_prefix}/device/{self.device_id}/config"
 
+    def entity_discovery(self, platform: str, key: str) -> str:
+        """Per-entity discovery (Home Assistant before 2024.11); `key` is unique per bin."""
+        return f"{self.discovery_prefix}/{platform}/{self.device_id}/{key}/config"
+
+    @property
+    def entity_discoveries(self) -> str:
+        """Subscription filter for every per-entity discovery topic of this bin."""
+        return f"{self.discovery_prefix}/+/{self.device_id}/+/config"
+
     @property
     def homeassistant_status(self) -> str:
         return f"{self.discovery_prefix}/status"

@@ -192,6 +192,71 @@ def test_home_assistant_discovery_is_retained_and_reannounced(
     assert again[0].json() == config
 
 
+def test_per_entity_discovery_for_home_assistant_before_2024_11(
+    broker: Mosquitto, collector: Callable[..., Collector], make_bin: Callable[..., Bin]
+) -> None:
+    """One retained message per entity, each complete on its own: Home Assistant 2024.3.3 made the same
+    device and entities of them as 2025.4.4 of the device message (tools/ha-check --per-entity)."""
+    home_assistant = collector(broker, ["homeassistant/#"])
+    make_bin(mqtt_config(broker.port, discovery={"per_entity": True}))
+    buttons = ["homeassistant/button/bin-test/button_reset-counters/config"]
+    buttons.append("homeassistant/button/bin-test/button_reload-model/config")
+    for topic in buttons:  # the last messages of the announcement
+        home_assistant.wait_for(topic, bool, f"the per-entity message {topic}")
+    with home_assistant.lock:
+        messages = [m for m in home_assistant.messages if m.topic.startswith("homeassistant/")]
+    assert not any(m.topic.startswith("homeassistant/device/") for m in messages), (
+        "Home Assistant before 2024.11 warns about any message on a device topic, even an empty one"
+    )
+    configs = {m.topic: m.json() for m in messages}
+    assert len(configs) == len(messages), "each entity once"
+    for topic, config in configs.items():
+        platform, device, key = topic.split("/")[1:4]
+        assert device == "bin-test" and config["unique_id"] == f"bin-test_{key}", topic
+        assert "p" not in config, "per-entity messages name their platform in the topic"
+        assert config["qos"] == 1 and config["dev"]["ids"] == ["bin-test"]
+        assert config["availability_topic"] == f"{PREFIX}/availability"
+        assert ("state_topic" in config) == (platform != "button"), topic
+    assert configs["homeassistant/sensor/bin-test/count_glass/config"]["state_class"] == "total_increasing"
+    assert configs["homeassistant/select/bin-test/mode/config"]["command_topic"] == f"{PREFIX}/cmd/mode"
+    assert "homeassistant/sensor/bin-test/fill_paper/config" in configs
+
+
+def test_switching_the_discovery_layout_clears_what_the_other_one_left(
+    broker: Mosquitto, collector: Callable[..., Collector], make_bin: Callable[..., Bin], tmp_path: Path
+) -> None:
+    """Else Home Assistant would see two copies of every entity (the same unique ids)."""
+    device_topic = "homeassistant/device/bin-test/config"
+    entity_topic = "homeassistant/sensor/bin-test/count_glass/config"
+    watcher = collector(broker, [device_topic, "homeassistant/+/bin-test/+/config"])
+
+    def retained(topic: str) -> bytes | None:
+        late = collector(broker, [topic])
+        time.sleep(0.5)  # a retained message comes right after the subscription
+        got = late.on(topic)
+        late.close()
+        return got[-1].payload if got else None
+
+    device_layout = make_bin(mqtt_config(broker.port), state_dir=tmp_path / "one")
+    watcher.wait_for(device_topic, bool, "the device message")
+    time.sleep(0.5)
+    assert watcher.on(entity_topic) == [], "nothing to clear, nothing published on per-entity topics"
+    device_layout.bridge.stop()
+
+    per_entity = make_bin(
+        mqtt_config(broker.port, discovery={"per_entity": True}), state_dir=tmp_path / "two"
+    )
+    watcher.wait_for(device_topic, lambda got: got[-1].payload == b"", "the device message cleared")
+    watcher.wait_for(entity_topic, bool, "the per-entity message")
+    assert retained(device_topic) is None
+    per_entity.bridge.stop()
+
+    make_bin(mqtt_config(broker.port), state_dir=tmp_path / "three")
+    watcher.wait_for(entity_topic, lambda got: got[-1].payload == b"", "the per-entity message cleared")
+    assert retained(entity_topic) is None
+    assert json.loads(retained(device_topic) or b"{}")["cmps"]["bin-test_count_glass"]["p"] == "sensor"
+
+
 def test_events_the_broker_refuses_stay_queued_until_it_accepts_them(
     broker: Mosquitto, collector: Callable[..., Collector], make_bin: Callable[..., Bin]
 ) -> None:
