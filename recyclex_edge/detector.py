@@ -282,6 +282,13 @@ class DistancePresence:
             callback(self.is_on)
 
     def close(self) -> None:
+        # gpiozero 2.0.1's DistanceSensor.close() drops its trigger pin before it stops the thread that
+        # takes readings, so a reading in flight then fails on None (seen under load in the suite). Its
+        # parent's close() stops and joins that thread first; the full close then frees the rest.
+        from gpiozero import SmoothedInputDevice
+
+        if isinstance(self._sensor, SmoothedInputDevice):
+            SmoothedInputDevice.close(self._sensor)
         self._sensor.close()
 
 
