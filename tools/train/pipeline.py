@@ -23,6 +23,9 @@ from transfer import TransferConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+# The shipped file's name and version: a recipe on another architecture (generalist260, Lite2) writes
+# under the same stem and version with --no-ship; shipping one must change both (the runtime looks
+# for this stem in recyclex_edge/model_card.py, and the registry tells models apart by version).
 STEM = "trashnet_lite0_int8"
 # Events, /health and the API cache name the model by this: bump it whenever a new model ships
 # (1.0.0: recipe latency, 168x126; 1.1.0: latency160, 160x120; 2.0.0: generalist224, 224x224
