@@ -73,10 +73,6 @@ class Architecture:
                 blocks.append((in_channels, out, kernel, stride if repeat == 0 else 1, expand))
         return blocks
 
-    def stage_start(self, stage: int) -> int:
-        """Index of the first block of `stage` (0-based), for freezing whole stages."""
-        return sum(repeats for repeats, *_ in self.stages[:stage])
-
 
 LITE0 = Architecture("lite0", 1.0, 1.0, 224)
 LITE1 = Architecture("lite1", 1.0, 1.1, 240)
@@ -198,18 +194,15 @@ def _mbconv(
 def _layer_map(arch: Architecture) -> dict[str, str]:
     """Keras layer name -> torch module prefix."""
     mapping = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head", "head_bn": "_bn1"}
-    index = 0
-    for repeats, _kernel, _stride, expand, _out in arch.stages:
-        for _ in range(repeats):
-            torch_block = f"_blocks.{index}"
-            if expand != 1:
-                mapping[f"block{index}_expand_conv"] = f"{torch_block}._expand_conv"
-                mapping[f"block{index}_expand_bn"] = f"{torch_block}._bn0"
-            mapping[f"block{index}_dw_conv"] = f"{torch_block}._depthwise_conv"
-            mapping[f"block{index}_dw_bn"] = f"{torch_block}._bn1"
-            mapping[f"block{index}_project_conv"] = f"{torch_block}._project_conv"
-            mapping[f"block{index}_project_bn"] = f"{torch_block}._bn2"
-            index += 1
+    for index, (*_, expand) in enumerate(arch.blocks):
+        torch_block = f"_blocks.{index}"
+        if expand != 1:
+            mapping[f"block{index}_expand_conv"] = f"{torch_block}._expand_conv"
+            mapping[f"block{index}_expand_bn"] = f"{torch_block}._bn0"
+        mapping[f"block{index}_dw_conv"] = f"{torch_block}._depthwise_conv"
+        mapping[f"block{index}_dw_bn"] = f"{torch_block}._bn1"
+        mapping[f"block{index}_project_conv"] = f"{torch_block}._project_conv"
+        mapping[f"block{index}_project_bn"] = f"{torch_block}._bn2"
     return mapping
 
 

@@ -53,7 +53,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # 0 disables; otherwise mixup with Beta(alpha, alpha)
     ema_momentum: float = 0.0  # 0 disables EMA of weights
     crop_area: tuple[float, float] = (0.5, 1.0)
-    # Stochastic depth of the last residual block (0 disables); see lite_keras.build_lite0.
+    # Stochastic depth of the last residual block (0 disables); see lite_keras.build.
     drop_path: float = 0.0
     # The last this-many epochs of the final phase train on (nearly) whole frames without mixup:
     # random crops enlarge objects relative to the device's whole-frame squash, and a short tail
